@@ -1,0 +1,39 @@
+"""Domain tags, sizes and limits: every constant the chain rules use, in one place."""
+
+# Signature domains: a signature is over b"cairn/" + chain_id + b"/" + kind + b"/" + sha256(payload).
+DOMAIN_PREFIX = b"cairn/"
+KIND_BLOCK = b"block"            # block header, signed by its proposer
+KIND_PROPOSAL = b"proposal"      # consensus proposal (height, round, block hash, valid round)
+KIND_PREVOTE = b"prevote"
+KIND_PRECOMMIT = b"precommit"
+KIND_RECORD = b"record"          # every signed body record (PeerJoin, Publish, Holding...)
+KIND_HANDSHAKE = b"handshake"    # /p2p link handshake transcript
+KIND_PROOF = b"proof"            # a storage proof answer, signed by the peer
+
+# VRF and randomness domains (hash inputs, not signatures).
+DOMAIN_VRF_INPUT = b"cairn/vrf-input"
+DOMAIN_RANDOMNESS = b"cairn/randomness"
+DOMAIN_GENESIS_RANDOMNESS = b"cairn/genesis-randomness"
+DOMAIN_PROPOSER = b"cairn/proposer"
+DOMAIN_STATE_LEAF = b"cairn/state-leaf"
+DOMAIN_STATE_NODE = b"cairn/state-node"
+DOMAIN_BODY_LEAF = b"cairn/body-leaf"
+DOMAIN_BODY_NODE = b"cairn/body-node"
+
+# Sizes.
+HASH_BYTES = 32
+PUBKEY_BYTES = 32
+SIGNATURE_BYTES = 64
+VRF_PROOF_BYTES = 80
+CHAIN_ID_MAX = 32
+
+# Limits that decoding enforces before anything else looks at the bytes.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+MAX_RECORD_BYTES = 2 * 1024 * 1024
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+MAX_RECORDS_PER_BLOCK = 4096
+MAX_ARRAY_LEN = 1 << 20
+MAX_STR_BYTES = 4096
+
+# Timestamps are integer milliseconds since the Unix epoch, never floats.
+MAX_FUTURE_DRIFT_MS = 5_000
