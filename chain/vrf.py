@@ -15,10 +15,9 @@ Rules stricter than the RFC, applied identically on every node:
 - s < L.
 Consensus compares `beta`, never proof bytes.
 
-Every multiplication involving a secret scalar (x*B, x*H, k*B, k*H) and all arithmetic on
-secret scalars runs in libsodium. Python integers appear only in public work: decoding a
-TAI hash-to-curve candidate (libsodium cannot decode points outside the prime-order
-subgroup) and checking encodings for canonicity.
+Every group operation and all arithmetic on secret scalars (x, k, s = k + c*x) runs in
+libsodium; secret-dependent multiplications (x*B, x*H, k*B, k*H) are constant time there.
+Python integers only compare public encodings against P and L.
 """
 from __future__ import annotations
 
@@ -26,6 +25,7 @@ import hashlib
 import hmac
 from typing import NamedTuple
 
+import nacl.exceptions
 from nacl.bindings import (
     crypto_core_ed25519_add,
     crypto_core_ed25519_is_valid_point,
@@ -37,8 +37,10 @@ from nacl.bindings import (
     crypto_scalarmult_ed25519_noclamp,
 )
 
+from chain.errors import ChainError
 
-class VRFError(Exception):
+
+class VRFError(ChainError):
     """A VRF key, input or proof is malformed or does not verify."""
 
 
@@ -58,11 +60,9 @@ PROOF_LEN = POINT_LEN + CHALLENGE_LEN + SCALAR_LEN  # 80
 BETA_LEN = 64  # SHA-512 output
 MAX_TAI_COUNTER = 255  # ctr is one octet
 
-# Field prime, group order and curve constant of edwards25519 (RFC 8032 section 5.1).
+# Field prime and group order of edwards25519 (RFC 8032 section 5.1).
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493
-D = (-121665 * pow(121666, P - 2, P)) % P
-SQRT_M1 = pow(2, (P - 1) // 4, P)  # a square root of -1 mod P
 
 IDENTITY = b"\x01" + bytes(31)  # encoding of the neutral point (0, 1)
 _Y_MASK = (1 << 255) - 1  # the top bit of an encoding is the sign of x
@@ -85,32 +85,12 @@ def _y_is_canonical(encoding: bytes) -> bool:
     return (int.from_bytes(encoding, "little") & _Y_MASK) < P
 
 
-def is_curve_point_encoding(encoding: bytes) -> bool:
-    """RFC 8032 section 5.1.3 decoding: a canonical encoding of any point on the curve.
-
-    Public data only (hash-to-curve candidates). Accepts points outside the prime-order
-    subgroup on purpose: the TAI candidate is multiplied by the cofactor afterwards.
-    """
-    if len(encoding) != POINT_LEN or not _y_is_canonical(encoding):
-        return False
-    y = int.from_bytes(encoding, "little") & _Y_MASK
-    sign = encoding[31] >> 7
-    # x^2 = (y^2 - 1) / (d y^2 + 1); one exponentiation computes a candidate root.
-    u = (y * y - 1) % P
-    v = (D * y * y + 1) % P
-    x = (u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P)) % P
-    vxx = (v * x * x) % P
-    if vxx == u:
-        pass
-    elif vxx == (-u) % P:
-        x = (x * SQRT_M1) % P
-    else:
-        return False  # y^2 - 1 over d y^2 + 1 is not a square: no point with this y
-    return not (x == 0 and sign == 1)  # -0 is not a canonical encoding
-
-
 def is_prime_order_point(encoding: bytes) -> bool:
-    """Canonical encoding of a point of order L (not small order, no torsion part)."""
+    """Canonical encoding of a point of order L (not small order, no torsion part).
+
+    libsodium's is_valid_point checks canonicity too; the explicit y < P test keeps the
+    consensus rule from resting on that detail of the library.
+    """
     return (
         isinstance(encoding, bytes)
         and len(encoding) == POINT_LEN
@@ -126,7 +106,8 @@ def _mul(scalar: bytes, point: bytes) -> bytes:
     """scalar * point for a reduced scalar (< L) and a prime-order point or IDENTITY.
 
     libsodium refuses a zero scalar and an identity result; for a point of order L both
-    happen only when scalar == 0, which is the identity by definition.
+    happen only when scalar == 0, which is the identity by definition. (The zero test is
+    not constant time; a secret scalar is zero with probability about 2^-252.)
     """
     if scalar == _ZERO_SCALAR or point == IDENTITY:
         return IDENTITY
@@ -145,6 +126,27 @@ def _times_cofactor(point: bytes) -> bytes:
     for _ in range(3):
         point = crypto_core_ed25519_add(point, point)
     return point
+
+
+def _candidate_times_cofactor(candidate: bytes) -> bytes | None:
+    """8 * string_to_point(candidate), or None when the candidate is INVALID.
+
+    string_to_point is RFC 8032 section 5.1.3 decoding and accepts every curve point,
+    including those with a torsion component (which libsodium's is_valid_point refuses).
+    libsodium's point addition decodes its inputs that way and fails when y has no x, so
+    doubling the candidate is the decoding test; y >= P is refused first because libsodium
+    would silently reduce it. The only other encodings RFC 8032 refuses are x = -0 for
+    y = 1 and y = -1 (libsodium accepts them), both of small order: 8 times either is the
+    identity, which the caller skips just as it skips INVALID, so H is the same either way.
+    """
+    if not _y_is_canonical(candidate):
+        return None
+    try:
+        doubled = crypto_core_ed25519_add(candidate, candidate)
+    except nacl.exceptions.RuntimeError:  # no point on the curve has this y
+        return None
+    quadrupled = crypto_core_ed25519_add(doubled, doubled)
+    return crypto_core_ed25519_add(quadrupled, quadrupled)
 
 
 def _reduce(scalar: bytes) -> bytes:
@@ -185,10 +187,9 @@ def hash_to_curve_tai(public_key: bytes, alpha: bytes) -> HashToCurve:
     prefix = SUITE_STRING + ENCODE_TO_CURVE_FRONT + public_key + alpha
     for ctr in range(MAX_TAI_COUNTER + 1):
         candidate = hashlib.sha512(prefix + bytes([ctr]) + DOMAIN_BACK).digest()[:POINT_LEN]
-        if not is_curve_point_encoding(candidate):
-            continue
-        point = _times_cofactor(candidate)
-        if point != IDENTITY:  # a small-order candidate is skipped, as the RFC says
+        point = _candidate_times_cofactor(candidate)
+        # INVALID candidates and small-order ones (whose multiple is the identity) are skipped.
+        if point is not None and point != IDENTITY:
             return HashToCurve(point, ctr)
     raise VRFError("hash to curve found no point in 256 tries")
 
@@ -252,7 +253,8 @@ def prove(secret_seed: bytes, alpha: bytes) -> bytes:
     gamma = _mul(x, h_point)
     k = nonce(secret_seed, h_point)
     c = challenge(public_key, h_point, gamma, _mul_base(k), _mul(k, h_point))
-    s = crypto_core_ed25519_scalar_add(k, crypto_core_ed25519_scalar_mul(c.ljust(SCALAR_LEN, b"\x00"), x))
+    c_times_x = crypto_core_ed25519_scalar_mul(c.ljust(SCALAR_LEN, b"\x00"), x)
+    s = crypto_core_ed25519_scalar_add(k, c_times_x)
     return gamma + c + s
 
 
