@@ -147,6 +147,7 @@ class Publish:
     name: Name
     torrent: TorrentBytes      # the full hybrid .torrent (info dict and piece layers)
     target: int
+    seeders: Annotated[tuple[Address, ...], MaxLen(8)]   # BitTorrent host:port serving the data at first
     seq: int
 
 
