@@ -37,3 +37,28 @@ MAX_STR_BYTES = 4096
 
 # Timestamps are integer milliseconds since the Unix epoch, never floats.
 MAX_FUTURE_DRIFT_MS = 5_000
+
+# State root (chain/state_root.py): keys fall into 2**STATE_BUCKET_BITS buckets by the
+# prefix of their hash; a tree of fan-out 2**STATE_FANOUT_BITS over the buckets.
+DOMAIN_STATE_BUCKET = b"cairn/state-bucket"
+STATE_BUCKET_BITS = 12
+STATE_FANOUT_BITS = 4
+
+# Randomness of this many latest blocks stays in the state, for challenge derivation.
+RANDOMNESS_HISTORY_BLOCKS = 256
+
+# A block's timestamp is at most this far past its parent's: a proposer cannot drag the
+# chain's clock into the future, and after an outage the chain catches up in steps.
+MAX_TIMESTAMP_STEP_MS = 60_000
+
+# Storage challenges (chain/challenges.py): hash domains of the seed and of each draw.
+DOMAIN_CHALLENGE_SEED = b"cairn/challenge-seed"     # mixes the randomness window
+DOMAIN_CHALLENGE_ID = b"cairn/challenge-id"
+DOMAIN_CHALLENGE_DRAW = b"cairn/challenge-draw"     # a peer's k shards of an epoch
+DOMAIN_CHALLENGE_LEAF = b"cairn/challenge-leaf"     # the leaves of a challenged shard
+DOMAIN_CHALLENGE_SWEEP = b"cairn/challenge-sweep"   # a shard's fixed slot in the sweep
+DOMAIN_CHALLENGE_CLAIM = b"cairn/challenge-claim"   # the leaf of a new claim
+
+# Time and fixed-point units.
+DAY_MS = 86_400_000
+PPM = 1_000_000                                     # parts per million: 1.0 in ppm
