@@ -146,7 +146,7 @@ def fetch(name: str, dest: Path, *, beacon: str, timeout_s: float = 600) -> int:
     info = collection_summary(beacon, name)
     if info is None:
         raise ClientError(f"no collection named {name!r} on chain")
-    torrent = get_bytes(beacon, f"/api/collections/{info['info_hash']}/torrent")
+    torrent = get_bytes(beacon, f"/api/torrents/{info['info_hash']}")
     meta = parse_torrent(torrent)
     sources = [tuple(a.rsplit(":", 1)) for a in info.get("sources", [])]
     sources = [(h, int(p)) for h, p in sources]
