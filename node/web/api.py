@@ -182,8 +182,7 @@ async def get_live(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one `status` event with the status JSON per change."""
     ctx = _ctx(request)
     hub = ctx.live
-    assert hub is not None
-    if hub.stopping:
+    if hub is None or hub.stopping:
         raise web.HTTPServiceUnavailable(text="shutting down")
     cond: asyncio.Condition = ctx.provider.head_changed
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",

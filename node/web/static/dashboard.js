@@ -90,7 +90,7 @@ function renderShards(st) {
     h("div", { class: "stat-row" }, h("span", { class: "muted" }, "Total transfer"),
       h("span", { class: "v", id: "total-rates" }, `↓ ${fmtRate(down)}  ↑ ${fmtRate(up)}`)),
     h("div", { class: "table-wrap" }, h("table", { id: "shards-table" },
-      h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),
+      h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: ["Shard", "Size", "Down", "Up", "ETA"].includes(x) ? "num" : null }, x)))),
       h("tbody", {}, rows.length ? rows : h("tr", { class: "empty-row" },
         h("td", { colspan: headers.length }, "No shards assigned yet: the targets have not picked this peer."))))));
 }

@@ -10,6 +10,9 @@ import { barChart, lineChart, stackedBarChart } from "./charts.js";
 const BLOCKS_PAGE = 20;
 const PEERS_PAGE = 50;
 const HEX64 = /^[0-9a-f]{64}$/;
+// Columns whose cells are right-aligned numbers.
+const NUMERIC_HEADERS = new Set(["Records", "Round", "Index", "#", "Proposed", "Missed rounds", "Evidence", "Holdings",
+  "Proofs ✓ / missed / failed", "Target", "Size", "Shard", "Leaf", "Length"]);
 
 const state = {
   status: null,
@@ -49,13 +52,17 @@ function verdictBadge(v) {
   return badge(norm, norm);
 }
 
+function orDash(v) {
+  return v === null || v === undefined || v === "" ? "–" : String(v);
+}
+
 function section(title, ...children) {
   return h("section", { class: "panel" }, title ? h("h2", {}, title) : null, ...children);
 }
 
 function table(headers, rows, attrs = {}) {
   return h("div", { class: "table-wrap" }, h("table", attrs,
-    h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),
+    h("thead", {}, h("tr", {}, headers.map((x) => (NUMERIC_HEADERS.has(x) ? h("th", { class: "num" }, x) : h("th", {}, x))))),
     h("tbody", {}, rows.length ? rows
       : h("tr", { class: "empty-row" }, h("td", { colspan: headers.length }, "Nothing here yet.")))));
 }
@@ -388,13 +395,14 @@ async function viewPeer(r) {
       holdings.map((x) => h("tr", { "data-testid": "holding-row" },
         h("td", {}, h("a", { href: collectionHref(x.collection) }, x.name || shortHex(x.collection))),
         h("td", { class: "num" }, String(x.shard)), h("td", {}, badge(x.state)),
-        h("td", {}, x.verified_height === null || x.verified_height === undefined ? "–" : blockLink(x.verified_height)))),
+        h("td", {}, x.state !== "verified" || x.verified_height === null || x.verified_height === undefined ? "–" : blockLink(x.verified_height)))),
       { id: "holdings-table" })),
     section(`Recent proofs (${proofs.length})`, table(["Height", "Challenge", "Collection", "Shard", "Leaf", "Verdict"],
       proofs.map((x) => h("tr", { "data-testid": "proof-row", "data-verdict": x.verdict },
         h("td", {}, blockLink(x.height)), h("td", {}, hashEl(x.challenge_id)),
-        h("td", {}, h("a", { href: collectionHref(x.collection), class: "mono", title: x.collection }, shortHex(x.collection))),
-        h("td", { class: "num" }, String(x.shard)), h("td", { class: "num" }, String(x.leaf)),
+        h("td", {}, x.collection ? h("a", { href: collectionHref(x.collection), class: "mono", title: x.collection }, shortHex(x.collection))
+          : h("span", { class: "muted" }, "–")),
+        h("td", { class: "num" }, orDash(x.shard)), h("td", { class: "num" }, orDash(x.leaf)),
         h("td", {}, verdictBadge(x.verdict)))),
       { id: "proofs-table" })));
 }
@@ -477,6 +485,7 @@ async function viewCharts() {
     red.push({ label: String(k), value: ch.redundancy[String(k)] || 0, cls: target && k < target ? "below" : "at",
       title: `${ch.redundancy[String(k)] || 0} shards with ${k} verified copies` });
   }
+  if (!Object.values(ch.redundancy).some((n) => n > 0)) red.length = 0;  // no shards yet: "No data yet"
   const epochs = ch.proofs_per_epoch || [];
   const intervals = ch.block_intervals || [];
   return h("div", {},
