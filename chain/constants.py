@@ -59,6 +59,10 @@ DOMAIN_CHALLENGE_LEAF = b"cairn/challenge-leaf"     # the leaves of a challenged
 DOMAIN_CHALLENGE_SWEEP = b"cairn/challenge-sweep"   # a shard's fixed slot in the sweep
 DOMAIN_CHALLENGE_CLAIM = b"cairn/challenge-claim"   # the leaf of a new claim
 
+# Peers that hold shards are listed in this many buckets, by the first byte of their key
+# (state key holder-peers/<u8>), so the epoch step can list them without a state scan.
+HOLDER_PEER_BUCKETS = 256
+
 # Time and fixed-point units.
 DAY_MS = 86_400_000
 PPM = 1_000_000                                     # parts per million: 1.0 in ppm

@@ -114,6 +114,18 @@ class BadProofResult(InvalidRecord):
     """A ProofResult with an unknown verdict or a digest that does not fit it."""
 
 
+class MissRecordNotAllowed(BadProofResult):
+    """A ProofResult with verdict MISS: misses are derived at the deadline by every node, never recorded."""
+
+
+class WrongChallengePeer(InvalidRecord):
+    """A ProofResult names an open challenge of another peer."""
+
+
+class ChallengeExpired(InvalidRecord):
+    """A ProofResult for a challenge whose deadline has passed."""
+
+
 class BadEvidence(InvalidRecord):
     """Evidence that is not two conflicting, validly signed votes by one validator, or is already recorded."""
 

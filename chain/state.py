@@ -9,7 +9,12 @@ Key layout (the namespace before the first "/" fixes the value's type, VALUE_TYP
     collection/<info_hash_v2>              Collection
     shard/<info_hash_v2><shard u32>        ShardHolders: who claims / has proven the shard
     holdings/<peer key>                    PeerHoldings: the shards a peer holds, sorted
+    holder-peers/<u8>                      PeerKeys: peers holding any shard, by their key's first byte
     challenge/<challenge id>               OpenChallenge
+    deadline/<height u64>                  ChallengeIds: challenges issued with this deadline
+    peer-challenges/<peer key>             ChallengeIds: the peer's open challenges
+    claims/<height u64>                    PendingClaims: claims of that block awaiting their challenge
+    grace/<height u64>                     PeerKeys: peers suspended so that their grace ends here
     randomness/<height u64>                32 bytes, for the last RANDOMNESS_HISTORY_BLOCKS
     evidence/<validator><height u64><round u64><kind u8>   EvidenceEntry
 
@@ -26,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chain.challenges import Challenge
 from chain.codec import Hash32, PubKey, decode, encode
 from chain.state_root import EMPTY_TREE, StateTree, compute_leaf_hash, update_tree
 from chain.types import Address, Genesis, Name, ValidatorInfo
@@ -56,6 +62,9 @@ class Peer:
     reputation_ppm: int
     registered_height: int
     registration_randomness: Hash32  # keys the peer's rank in target placement
+    proofs_passed: int = 0           # verdicts on its challenges, for the explorer
+    proofs_missed: int = 0
+    proofs_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +105,7 @@ class PeerHoldings:
 
 @dataclass(frozen=True, slots=True)
 class OpenChallenge:
-    """Placeholder shape: challenge derivation (chain/challenges.py) owns these entries."""
+    """An open chain.challenges.Challenge, stored under its id (the key) without it."""
     peer: PubKey
     collection: Hash32
     shard: int
@@ -104,6 +113,28 @@ class OpenChallenge:
     issued_height: int
     deadline_height: int
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeIds:
+    ids: tuple[Hash32, ...]          # sorted
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    peer: PubKey
+    collection: Hash32
+    shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaims:
+    claims: tuple[PendingClaim, ...]  # sorted by (peer, collection, shard)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKeys:
+    peers: tuple[PubKey, ...]        # sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +146,9 @@ class EvidenceEntry:
 
 NO_SHARD_HOLDERS = ShardHolders(())
 NO_PEER_HOLDINGS = PeerHoldings(())
+NO_CHALLENGE_IDS = ChallengeIds(())
+NO_PENDING_CLAIMS = PendingClaims(())
+NO_PEER_KEYS = PeerKeys(())
 
 VALUE_TYPES: Mapping[bytes, Any] = {
     b"chain": ChainInfo,
@@ -124,7 +158,12 @@ VALUE_TYPES: Mapping[bytes, Any] = {
     b"collection": Collection,
     b"shard": ShardHolders,
     b"holdings": PeerHoldings,
+    b"holder-peers": PeerKeys,
     b"challenge": OpenChallenge,
+    b"deadline": ChallengeIds,
+    b"peer-challenges": ChallengeIds,
+    b"claims": PendingClaims,
+    b"grace": PeerKeys,
     b"randomness": Hash32,
     b"evidence": EvidenceEntry,
 }
@@ -155,8 +194,34 @@ def get_holdings_key(peer: bytes) -> bytes:
     return b"holdings/" + peer
 
 
+def get_holder_peers_key(bucket: int) -> bytes:
+    return b"holder-peers/" + bytes([bucket])
+
+
+def get_holder_bucket(peer: bytes) -> int:
+    # HOLDER_PEER_BUCKETS (256) buckets by first key byte: a peer's first claim or last drop
+    # rewrites 1/256 of the list, and the epoch step still lists every holding peer in key order.
+    return peer[0]
+
+
 def get_challenge_key(challenge_id: bytes) -> bytes:
     return b"challenge/" + challenge_id
+
+
+def get_deadline_key(height: int) -> bytes:
+    return b"deadline/" + height.to_bytes(8, "big")
+
+
+def get_peer_challenges_key(peer: bytes) -> bytes:
+    return b"peer-challenges/" + peer
+
+
+def get_claims_key(height: int) -> bytes:
+    return b"claims/" + height.to_bytes(8, "big")
+
+
+def get_grace_key(height: int) -> bytes:
+    return b"grace/" + height.to_bytes(8, "big")
 
 
 def get_randomness_key(height: int) -> bytes:
@@ -357,6 +422,69 @@ def get_peer_holdings(view: View, peer: bytes) -> PeerHoldings:
 def get_randomness(view: View, height: int) -> bytes | None:
     """Randomness of block `height`, while it is within the kept history."""
     return view.get(get_randomness_key(height))
+
+
+def get_holder_peers(view: View, bucket: int) -> tuple[bytes, ...]:
+    return (view.get(get_holder_peers_key(bucket)) or NO_PEER_KEYS).peers
+
+
+def get_challenge_entry(view: View, challenge_id: bytes) -> OpenChallenge | None:
+    return view.get(get_challenge_key(challenge_id))
+
+
+def get_deadline_ids(view: View, height: int) -> tuple[bytes, ...]:
+    """Ids issued with deadline `height`; some may be closed already (closing leaves this list alone)."""
+    return (view.get(get_deadline_key(height)) or NO_CHALLENGE_IDS).ids
+
+
+def get_peer_challenge_ids(view: View, peer: bytes) -> tuple[bytes, ...]:
+    return (view.get(get_peer_challenges_key(peer)) or NO_CHALLENGE_IDS).ids
+
+
+def get_pending_claims(view: View, height: int) -> tuple[PendingClaim, ...]:
+    return (view.get(get_claims_key(height)) or NO_PENDING_CLAIMS).claims
+
+
+def get_grace_peers(view: View, height: int) -> tuple[bytes, ...]:
+    return (view.get(get_grace_key(height)) or NO_PEER_KEYS).peers
+
+
+# ---------------------------------------------------------------------------- queries (node, targets, explorer)
+
+def get_challenge_from_entry(challenge_id: bytes, entry: OpenChallenge) -> Challenge:
+    return Challenge(challenge_id, entry.peer, entry.collection, entry.shard, entry.leaf,
+                     entry.issued_height, entry.deadline_height, entry.attempt)
+
+
+def get_entry_from_challenge(challenge: Challenge) -> OpenChallenge:
+    return OpenChallenge(challenge.peer, challenge.collection, challenge.shard, challenge.leaf,
+                         challenge.issued_height, challenge.deadline_height, challenge.attempt)
+
+
+def get_challenge(view: View, challenge_id: bytes) -> Challenge | None:
+    """The open challenge with this id, as chain.proofs.get_proof_verdict takes it."""
+    entry = get_challenge_entry(view, challenge_id)
+    return None if entry is None else get_challenge_from_entry(challenge_id, entry)
+
+
+def get_open_challenges_for_peer(view: View, peer: bytes) -> tuple[tuple[bytes, OpenChallenge], ...]:
+    """(challenge id, entry) of every open challenge of `peer`, by id."""
+    return tuple((cid, get_challenge_entry(view, cid)) for cid in get_peer_challenge_ids(view, peer))
+
+
+def is_counting_holder(view: View, holder: Holder, height: int) -> bool:
+    """A copy counts toward redundancy at `height` if proven within the audit window by an active peer."""
+    if holder.verified_height == 0:
+        return False
+    peer = get_peer(view, holder.peer)
+    if peer is None or peer.status != ACTIVE:
+        return False
+    return height - holder.verified_height <= view.genesis.params.audit_window_blocks
+
+
+def get_verified_holders(view: View, info_hash: bytes, shard: int, height: int) -> tuple[Holder, ...]:
+    """The holders of a shard that count at `height`, in key order."""
+    return tuple(h for h in get_shard_holders(view, info_hash, shard).holders if is_counting_holder(view, h, height))
 
 
 def iter_prefix(state: State, prefix: bytes) -> Iterator[tuple[bytes, Any]]:

@@ -7,14 +7,34 @@ the state it was given untouched.
 
 Consensus checks a proposal before voting with `process_proposal` (every rule but the
 commit, which does not exist yet); sync and replay use `process_block`.
+
+After the records, the storage-proof rules run on every block (`process_block_effects`),
+so every node derives the same challenges, verdicts and statuses from blocks alone:
+claims of the previous block are challenged, epoch challenges are drawn at an epoch
+boundary, unanswered challenges due at this height are retried or become a MISS, and
+peers whose grace period ran out are excluded. Each costs what changed, except the epoch
+draw, which is proportional to the holdings and runs once every epoch_blocks.
 """
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from chain import vrf
+from chain.challenges import (
+    Challenge,
+    HeldShard,
+    PeerShards,
+    compute_challenge_seed,
+    get_claim_challenge,
+    get_epoch_challenges,
+    get_retry_challenge,
+    get_seed_heights,
+    has_retries_left,
+    is_epoch_boundary,
+    is_past_deadline,
+)
 from chain.codec import encode
 from chain.constants import (
     DOMAIN_BODY_LEAF,
@@ -25,6 +45,7 @@ from chain.constants import (
     KIND_BLOCK,
     KIND_PRECOMMIT,
     KIND_PREVOTE,
+    HOLDER_PEER_BUCKETS,
     KIND_RECORD,
     MAX_TIMESTAMP_STEP_MS,
     RANDOMNESS_HISTORY_BLOCKS,
@@ -42,18 +63,24 @@ from chain.errors import (
     BadRandomness,
     BadRecordSignature,
     BadStateRoot,
+    ChallengeError,
+    ChallengeExpired,
     DuplicateCollection,
     InvalidBlock,
     InvalidHeader,
+    MissRecordNotAllowed,
     PeerNotActive,
     PublisherNotAllowed,
     StaleSeq,
     TooManyRecords,
+    UnknownChallenge,
     UnknownPeer,
     UnknownShard,
+    WrongChallengePeer,
     WrongProposer,
 )
 from chain.genesis import is_valid_address
+from chain.reputation import Standing, get_peer_status_after_verdict, get_standing_at_height, is_final_status
 from chain.state import (
     ACTIVE,
     EXCLUDED,
@@ -61,27 +88,50 @@ from chain.state import (
     LEFT,
     SUSPENDED,
     ChainInfo,
+    ChallengeIds,
     Collection,
     EvidenceEntry,
     Holder,
+    OpenChallenge,
     Overlay,
+    PendingClaim,
+    PendingClaims,
     Peer,
     PeerHoldings,
+    PeerKeys,
     ShardHolders,
     ShardRef,
     State,
     View,
     commit_overlay,
     get_chain_info,
+    get_challenge,
+    get_challenge_entry,
+    get_challenge_from_entry,
+    get_challenge_key,
+    get_claims_key,
     get_collection,
     get_collection_key,
+    get_deadline_ids,
+    get_deadline_key,
+    get_entry_from_challenge,
     get_evidence_key,
+    get_grace_key,
+    get_grace_peers,
     get_height,
+    get_holder_bucket,
+    get_holder_peers,
+    get_holder_peers_key,
     get_holdings_key,
     get_last_seq,
+    get_open_challenges_for_peer,
     get_peer,
+    get_peer_challenge_ids,
+    get_peer_challenges_key,
     get_peer_holdings,
     get_peer_key,
+    get_pending_claims,
+    get_randomness,
     get_randomness_key,
     get_seq_key,
     get_shard_holders,
@@ -112,7 +162,7 @@ from chain.types import (
     Vote,
     get_record_author,
 )
-from storage.collection import parse_torrent
+from storage.collection import leaf_count, parse_torrent
 from storage.errors import StorageError
 
 ZERO_HASH = bytes(32)
@@ -264,6 +314,193 @@ def process_body_root(state: State, block: Block, payloads: Sequence[bytes]) -> 
         raise BadBodyRoot(f"body root of height {block.header.height} does not match its records")
 
 
+# ---------------------------------------------------------------------------- state helpers shared by several rules
+
+def put_or_delete(overlay: Overlay, key: bytes, value: object | None) -> None:
+    # Empty containers are deleted rather than stored, so the state has one form per content.
+    if value is None:
+        if overlay.get(key) is not None:
+            overlay.delete(key)
+    else:
+        overlay.put(key, value)
+
+
+def insert_sorted(items: tuple, item: object, key: Callable = lambda x: x) -> tuple:
+    """`items` (sorted by `key`, distinct) with `item` in its place; unchanged if already there."""
+    i = bisect.bisect_left(items, key(item), key=key)
+    return items if i < len(items) and items[i] == item else items[:i] + (item,) + items[i:]
+
+
+def remove_sorted(items: tuple, item: object, key: Callable = lambda x: x) -> tuple:
+    """`items` (sorted by `key`, distinct) without `item`."""
+    i = bisect.bisect_left(items, key(item), key=key)
+    return items[:i] + items[i + 1:] if i < len(items) and items[i] == item else items
+
+
+def get_ref_order(ref: ShardRef) -> tuple[bytes, int]:
+    return ref.collection, ref.shard
+
+
+def put_peer_keys(overlay: Overlay, key: bytes, peers: tuple[bytes, ...]) -> None:
+    put_or_delete(overlay, key, PeerKeys(peers) if peers else None)
+
+
+def put_challenge_ids(overlay: Overlay, key: bytes, ids: tuple[bytes, ...]) -> None:
+    put_or_delete(overlay, key, ChallengeIds(ids) if ids else None)
+
+
+def put_pending_claims(overlay: Overlay, height: int, claims: tuple[PendingClaim, ...]) -> None:
+    put_or_delete(overlay, get_claims_key(height), PendingClaims(claims) if claims else None)
+
+
+def get_pending_claim_order(claim: PendingClaim) -> tuple[bytes, bytes, int]:
+    return claim.peer, claim.collection, claim.shard
+
+
+def get_holder(view: View, peer: bytes, ref: ShardRef) -> Holder | None:
+    for holder in get_shard_holders(view, ref.collection, ref.shard).holders:
+        if holder.peer == peer:
+            return holder
+    return None
+
+
+# ---------------------------------------------------------------------------- challenges (helpers of several rules)
+
+def get_challenge_seed(view: View, height: int) -> bytes:
+    """The seed of challenges issued at `height`: the randomness of the blocks before it,
+    all final (a block is final when decided), never this block's own."""
+    heights = get_seed_heights(height, view.genesis.params.randomness_mix_blocks)
+    window = tuple(get_randomness(view, h) for h in heights)
+    if any(r is None for r in window):
+        raise ChallengeError(f"randomness_mix_blocks reaches past the {RANDOMNESS_HISTORY_BLOCKS} blocks kept")
+    return compute_challenge_seed(window)
+
+
+def issue_challenges(overlay: Overlay, challenges: Sequence[Challenge]) -> None:
+    """Open `challenges`, listing each under its peer and under its deadline."""
+    by_peer: dict[bytes, list[bytes]] = {}
+    by_deadline: dict[int, list[bytes]] = {}
+    for challenge in challenges:
+        overlay.put(get_challenge_key(challenge.challenge_id), get_entry_from_challenge(challenge))
+        by_peer.setdefault(challenge.peer, []).append(challenge.challenge_id)
+        by_deadline.setdefault(challenge.deadline_height, []).append(challenge.challenge_id)
+    # One write per peer and per deadline: a whole epoch of challenges is one list each.
+    for peer in sorted(by_peer):
+        ids = get_peer_challenge_ids(overlay, peer)
+        put_challenge_ids(overlay, get_peer_challenges_key(peer), tuple(sorted(ids + tuple(by_peer[peer]))))
+    for deadline in sorted(by_deadline):
+        ids = get_deadline_ids(overlay, deadline)
+        put_challenge_ids(overlay, get_deadline_key(deadline), tuple(sorted(ids + tuple(by_deadline[deadline]))))
+
+
+def close_challenge(overlay: Overlay, challenge_id: bytes, entry: OpenChallenge) -> None:
+    # The deadline list keeps the id: rewriting a list that may hold a whole epoch's
+    # challenges for every answer would cost more than skipping closed ids at expiry.
+    overlay.delete(get_challenge_key(challenge_id))
+    ids = remove_sorted(get_peer_challenge_ids(overlay, entry.peer), challenge_id)
+    put_challenge_ids(overlay, get_peer_challenges_key(entry.peer), ids)
+
+
+def get_open_challenges_on(view: View, peer: bytes, ref: ShardRef) -> tuple[tuple[bytes, OpenChallenge], ...]:
+    return tuple((cid, entry) for cid, entry in get_open_challenges_for_peer(view, peer)
+                 if (entry.collection, entry.shard) == (ref.collection, ref.shard))
+
+
+def has_open_challenge(view: View, challenge: Challenge) -> bool:
+    return bool(get_open_challenges_on(view, challenge.peer, ShardRef(challenge.collection, challenge.shard)))
+
+
+# ---------------------------------------------------------------------------- holdings (helpers of several rules)
+
+def add_holding(overlay: Overlay, height: int, peer: bytes, ref: ShardRef) -> None:
+    """A new claim: a holder not yet verified, and a pending claim challenged next block."""
+    holders = list(get_shard_holders(overlay, ref.collection, ref.shard).holders)
+    bisect.insort(holders, Holder(peer, height, 0), key=lambda h: h.peer)
+    overlay.put(get_shard_key(ref.collection, ref.shard), ShardHolders(tuple(holders)))
+    refs = get_peer_holdings(overlay, peer).shards
+    if not refs:
+        bucket = get_holder_bucket(peer)
+        put_peer_keys(overlay, get_holder_peers_key(bucket), insert_sorted(get_holder_peers(overlay, bucket), peer))
+    overlay.put(get_holdings_key(peer), PeerHoldings(insert_sorted(refs, ref, get_ref_order)))
+    claim = PendingClaim(peer, ref.collection, ref.shard)
+    put_pending_claims(overlay, height, insert_sorted(get_pending_claims(overlay, height), claim, get_pending_claim_order))
+
+
+def remove_pending_claim(overlay: Overlay, holder: Holder, ref: ShardRef) -> None:
+    # Only a claim not yet challenged is still listed (the list goes once its block + 1 is done).
+    claim = PendingClaim(holder.peer, ref.collection, ref.shard)
+    claims = get_pending_claims(overlay, holder.claimed_height)
+    if claim in claims:
+        put_pending_claims(overlay, holder.claimed_height, remove_sorted(claims, claim, get_pending_claim_order))
+
+
+def remove_holding(overlay: Overlay, peer: bytes, ref: ShardRef) -> None:
+    """The peer no longer holds the shard: its holder entry, pending claim and open challenges on it go."""
+    holder = get_holder(overlay, peer, ref)
+    holders = get_shard_holders(overlay, ref.collection, ref.shard).holders
+    remaining = tuple(h for h in holders if h.peer != peer)
+    put_or_delete(overlay, get_shard_key(ref.collection, ref.shard), ShardHolders(remaining) if remaining else None)
+    refs = remove_sorted(get_peer_holdings(overlay, peer).shards, ref, get_ref_order)
+    put_or_delete(overlay, get_holdings_key(peer), PeerHoldings(refs) if refs else None)
+    if not refs:
+        bucket = get_holder_bucket(peer)
+        put_peer_keys(overlay, get_holder_peers_key(bucket), remove_sorted(get_holder_peers(overlay, bucket), peer))
+    if holder.verified_height == 0:
+        remove_pending_claim(overlay, holder, ref)
+    for cid, entry in get_open_challenges_on(overlay, peer, ref):
+        close_challenge(overlay, cid, entry)
+
+
+def remove_all_holdings(overlay: Overlay, peer: bytes) -> None:
+    for ref in get_peer_holdings(overlay, peer).shards:
+        remove_holding(overlay, peer, ref)
+
+
+def mark_verified(overlay: Overlay, height: int, peer: bytes, ref: ShardRef) -> None:
+    holders = tuple(dataclasses.replace(h, verified_height=height) if h.peer == peer else h
+                    for h in get_shard_holders(overlay, ref.collection, ref.shard).holders)
+    overlay.put(get_shard_key(ref.collection, ref.shard), ShardHolders(holders))
+
+
+# ---------------------------------------------------------------------------- standing (helpers of several rules)
+
+def get_standing(peer: Peer) -> Standing:
+    return Standing(peer.status, peer.status_height, peer.reputation_ppm)
+
+
+def put_standing(overlay: Overlay, peer_key: bytes, peer: Peer, standing: Standing) -> None:
+    """Write a peer's new standing and what entering it implies."""
+    if standing.status == SUSPENDED and peer.status != SUSPENDED:
+        # Listed under the height its grace runs out, so exclusion needs no scan of peers.
+        grace_end = standing.status_height + overlay.genesis.params.grace_period_blocks
+        put_peer_keys(overlay, get_grace_key(grace_end), insert_sorted(get_grace_peers(overlay, grace_end), peer_key))
+    if standing.status == EXCLUDED and peer.status != EXCLUDED:
+        # An excluded peer's copies stop counting at once: they leave the shard holders
+        # (so targets re-create them) and their challenges close with them.
+        remove_all_holdings(overlay, peer_key)
+    overlay.put(get_peer_key(peer_key), dataclasses.replace(
+        peer, status=standing.status, status_height=standing.status_height, reputation_ppm=standing.reputation_ppm))
+
+
+def get_counted_verdict(peer: Peer, verdict: int) -> Peer:
+    """The peer with one more verdict in its proof counters (shown by the explorer)."""
+    if verdict == PASS:
+        return dataclasses.replace(peer, proofs_passed=peer.proofs_passed + 1)
+    if verdict == MISS:
+        return dataclasses.replace(peer, proofs_missed=peer.proofs_missed + 1)
+    return dataclasses.replace(peer, proofs_failed=peer.proofs_failed + 1)
+
+
+def apply_verdict(overlay: Overlay, height: int, peer_key: bytes, verdict: int) -> Standing:
+    """A final verdict on one of the peer's holdings: counters, reputation and status."""
+    peer = get_counted_verdict(get_peer(overlay, peer_key), verdict)
+    effect = get_peer_status_after_verdict(get_standing(peer), verdict, height, overlay.genesis.params)
+    put_standing(overlay, peer_key, peer, effect.standing)
+    return effect.standing
+
+
+# ---------------------------------------------------------------------------- records
+
 def process_record_signature(view: View, signed: SignedRecord, payload: bytes) -> None:
     author = get_record_author(signed.record)
     if author is None:
@@ -295,37 +532,12 @@ def process_peer_join(overlay: Overlay, height: int, record: PeerJoin) -> None:
     elif peer.status == EXCLUDED:
         raise PeerNotActive("an excluded peer cannot join again")
     elif peer.status == LEFT:
-        peer = Peer(record.bt_address, record.api_address, record.capacity, ACTIVE, height,
-                    peer.reputation_ppm, peer.registered_height, peer.registration_randomness)
+        peer = dataclasses.replace(peer, bt_address=record.bt_address, api_address=record.api_address,
+                                   capacity=record.capacity, status=ACTIVE, status_height=height)
     else:
-        peer = Peer(record.bt_address, record.api_address, record.capacity, peer.status, peer.status_height,
-                    peer.reputation_ppm, peer.registered_height, peer.registration_randomness)
+        peer = dataclasses.replace(peer, bt_address=record.bt_address, api_address=record.api_address,
+                                   capacity=record.capacity)
     overlay.put(get_peer_key(record.peer), peer)
-
-
-def put_or_delete(overlay: Overlay, key: bytes, value: object | None) -> None:
-    # Empty containers are deleted rather than stored, so the state has one form per content.
-    if value is None:
-        overlay.delete(key)
-    else:
-        overlay.put(key, value)
-
-
-def remove_holding(overlay: Overlay, peer: bytes, ref: ShardRef) -> None:
-    holders = get_shard_holders(overlay, ref.collection, ref.shard).holders
-    remaining = tuple(h for h in holders if h.peer != peer)
-    put_or_delete(overlay, get_shard_key(ref.collection, ref.shard), ShardHolders(remaining) if remaining else None)
-    refs = tuple(r for r in get_peer_holdings(overlay, peer).shards if r != ref)
-    put_or_delete(overlay, get_holdings_key(peer), PeerHoldings(refs) if refs else None)
-
-
-def add_holding(overlay: Overlay, height: int, peer: bytes, ref: ShardRef) -> None:
-    holders = list(get_shard_holders(overlay, ref.collection, ref.shard).holders)
-    bisect.insort(holders, Holder(peer, height, 0), key=lambda h: h.peer)
-    overlay.put(get_shard_key(ref.collection, ref.shard), ShardHolders(tuple(holders)))
-    refs = list(get_peer_holdings(overlay, peer).shards)
-    bisect.insort(refs, ref, key=lambda r: (r.collection, r.shard))
-    overlay.put(get_holdings_key(peer), PeerHoldings(tuple(refs)))
 
 
 def process_peer_leave(overlay: Overlay, height: int, record: PeerLeave) -> None:
@@ -334,11 +546,10 @@ def process_peer_leave(overlay: Overlay, height: int, record: PeerLeave) -> None
         raise UnknownPeer(f"peer {record.peer.hex()[:16]} is not registered")
     if peer.status not in (ACTIVE, SUSPENDED):
         raise PeerNotActive(f"peer {record.peer.hex()[:16]} has already left or is excluded")
-    # A peer that leaves stops counting as a holder at once, so its shards get re-replicated.
-    for ref in get_peer_holdings(overlay, record.peer).shards:
-        remove_holding(overlay, record.peer, ref)
-    overlay.put(get_peer_key(record.peer), Peer(peer.bt_address, peer.api_address, peer.capacity, LEFT, height,
-                                               peer.reputation_ppm, peer.registered_height, peer.registration_randomness))
+    # A peer that leaves stops counting as a holder at once, so its shards get re-replicated;
+    # its open challenges close with its holdings (leaving is not a miss).
+    remove_all_holdings(overlay, record.peer)
+    overlay.put(get_peer_key(record.peer), dataclasses.replace(peer, status=LEFT, status_height=height))
 
 
 def process_publish(overlay: Overlay, height: int, record: Publish) -> None:
@@ -369,7 +580,7 @@ def process_holding(overlay: Overlay, height: int, record: Holding) -> None:
     if collection is None or not 0 <= record.shard < len(collection.shards):
         raise UnknownShard(f"no shard {record.shard} in collection {record.collection.hex()[:16]}")
     ref = ShardRef(record.collection, record.shard)
-    held = any(h.peer == record.peer for h in get_shard_holders(overlay, record.collection, record.shard).holders)
+    held = get_holder(overlay, record.peer, ref) is not None
     if record.action == CLAIM:
         if peer.status != ACTIVE:
             raise PeerNotActive("only an active peer can claim a shard")
@@ -384,14 +595,43 @@ def process_holding(overlay: Overlay, height: int, record: Holding) -> None:
         raise BadHolding(f"unknown holding action {record.action}")
 
 
-def process_proof_result(overlay: Overlay, height: int, record: ProofResult) -> None:
-    # Structure only: matching results to open challenges lands with chain/challenges.py.
-    if record.verdict not in (PASS, MISS, INVALID):
+def process_proof_result_shape(record: ProofResult) -> None:
+    if record.verdict == MISS:
+        # A miss is the absence of an answer: every node derives it at the deadline, so no
+        # proposer can invent one against a peer that did answer.
+        raise MissRecordNotAllowed("MISS is derived at the deadline, never recorded")
+    if record.verdict not in (PASS, INVALID):
         raise BadProofResult(f"unknown verdict {record.verdict}")
-    if len(record.proof_digest) != (0 if record.verdict == MISS else 32):
-        raise BadProofResult("a MISS carries no digest; PASS and INVALID carry 32 bytes")
-    if get_peer(overlay, record.peer) is None:
-        raise UnknownPeer(f"peer {record.peer.hex()[:16]} is not registered")
+    if len(record.proof_digest) != 32:
+        raise BadProofResult("PASS and INVALID carry the 32-byte digest of the answer")
+
+
+def get_answered_challenge(view: View, height: int, record: ProofResult) -> OpenChallenge:
+    """The open challenge a result answers: open, the result's peer's, and still in time."""
+    entry = get_challenge_entry(view, record.challenge_id)
+    if entry is None:
+        raise UnknownChallenge(f"no open challenge {record.challenge_id.hex()[:16]} (never issued, answered, dropped or expired)")
+    if entry.peer != record.peer:
+        raise WrongChallengePeer(f"challenge {record.challenge_id.hex()[:16]} is not {record.peer.hex()[:16]}'s")
+    if is_past_deadline(get_challenge_from_entry(record.challenge_id, entry), height):
+        raise ChallengeExpired(f"challenge {record.challenge_id.hex()[:16]} was due at height {entry.deadline_height}")
+    return entry
+
+
+def process_proof_result(overlay: Overlay, height: int, record: ProofResult) -> None:
+    """A validator-checked verdict (the proof itself was verified against the proposal's
+    sidecar before anyone voted): PASS verifies the holding, INVALID excludes the peer."""
+    process_proof_result_shape(record)
+    entry = get_answered_challenge(overlay, height, record)
+    ref = ShardRef(entry.collection, entry.shard)
+    close_challenge(overlay, record.challenge_id, entry)
+    if record.verdict == INVALID:
+        # A signed wrong proof is evidence of lying: the holding goes whatever else happens.
+        remove_holding(overlay, record.peer, ref)
+    standing = apply_verdict(overlay, height, record.peer, record.verdict)
+    if record.verdict == PASS and not is_final_status(standing.status):
+        # A claim becomes verified; a re-proof refreshes it (the audit window counts from here).
+        mark_verified(overlay, height, record.peer, ref)
 
 
 def process_evidence(overlay: Overlay, height: int, record: Evidence) -> None:
@@ -432,11 +672,120 @@ def process_records(overlay: Overlay, height: int, body: Sequence[SignedRecord],
         process_record(overlay, height, signed, payload)
 
 
+# ---------------------------------------------------------------------------- challenges, verdicts, standing
+
+def get_claim_challenge_of(view: View, seed: bytes, height: int, claim: PendingClaim) -> Challenge:
+    shard = get_collection(view, claim.collection).shards[claim.shard]
+    return get_claim_challenge(seed, height, claim.peer, claim.collection, claim.shard, leaf_count(shard),
+                               view.genesis.params.proof_deadline_blocks)
+
+
+def process_claim_challenges(overlay: Overlay, height: int) -> None:
+    """Claims of the previous block are challenged now, from a seed whose window ends at
+    the claim's block: the claimant could not know its leaf when it signed the claim."""
+    claims = get_pending_claims(overlay, height - 1)
+    if not claims:
+        return
+    seed = get_challenge_seed(overlay, height)
+    issue_challenges(overlay, tuple(get_claim_challenge_of(overlay, seed, height, c) for c in claims))
+    put_pending_claims(overlay, height - 1, ())
+
+
+def get_held_shard(view: View, ref: ShardRef) -> HeldShard:
+    return HeldShard(ref.collection, ref.shard, leaf_count(get_collection(view, ref.collection).shards[ref.shard]))
+
+
+def get_challengeable_holdings(view: View, height: int) -> tuple[PeerShards, ...]:
+    """Holdings of ACTIVE and SUSPENDED peers (a suspended peer comes back only by
+    answering), in key order; a claim of this very block waits for its own claim challenge."""
+    claimed_now = {(c.peer, c.collection, c.shard) for c in get_pending_claims(view, height)}
+    holdings = []
+    for bucket in range(HOLDER_PEER_BUCKETS):
+        for peer_key in get_holder_peers(view, bucket):
+            if get_peer(view, peer_key).status not in (ACTIVE, SUSPENDED):
+                continue
+            shards = tuple(get_held_shard(view, ref) for ref in get_peer_holdings(view, peer_key).shards
+                           if (peer_key, ref.collection, ref.shard) not in claimed_now)
+            if shards:
+                holdings.append(PeerShards(peer_key, shards))
+    return tuple(holdings)
+
+
+def process_epoch_challenges(overlay: Overlay, height: int) -> None:
+    """At an epoch boundary, draw the epoch's challenges over every challengeable holding;
+    a holding that still has an open challenge (a claim's, or a retry) is not asked twice."""
+    params = overlay.genesis.params
+    if not is_epoch_boundary(height, params.epoch_blocks):
+        return
+    holdings = get_challengeable_holdings(overlay, height)
+    if not holdings:
+        return
+    challenges = get_epoch_challenges(get_challenge_seed(overlay, height), height, holdings, params)
+    issue_challenges(overlay, tuple(c for c in challenges if not has_open_challenge(overlay, c)))
+
+
+def process_expired_challenge(overlay: Overlay, height: int, challenge: Challenge) -> Challenge | None:
+    """Close a challenge unanswered at its deadline; its retry on the same leaf, or None
+    once the retries are used up and the MISS verdict has been applied."""
+    params = overlay.genesis.params
+    close_challenge(overlay, challenge.challenge_id, get_entry_from_challenge(challenge))
+    if has_retries_left(challenge, params.proof_retries):
+        return get_retry_challenge(challenge, height, params.proof_deadline_blocks)
+    apply_verdict(overlay, height, challenge.peer, MISS)
+    return None
+
+
+def process_expired_challenges(overlay: Overlay, height: int) -> None:
+    """Challenges due at this height that no record of this block (or before) answered."""
+    retries = []
+    for cid in get_deadline_ids(overlay, height):
+        challenge = get_challenge(overlay, cid)
+        if challenge is None:
+            continue  # answered, or closed with its holding
+        retry = process_expired_challenge(overlay, height, challenge)
+        if retry is not None:
+            retries.append(retry)
+    # A MISS later in this loop may have excluded a peer and dropped its holdings: only
+    # holdings that still exist are asked again.
+    issue_challenges(overlay, tuple(r for r in retries
+                                    if get_holder(overlay, r.peer, ShardRef(r.collection, r.shard)) is not None))
+    put_challenge_ids(overlay, get_deadline_key(height), ())
+
+
+def process_peer_standing(overlay: Overlay, height: int) -> None:
+    """Peers whose grace period ends here and who are still suspended are excluded."""
+    params = overlay.genesis.params
+    for peer_key in get_grace_peers(overlay, height):
+        peer = get_peer(overlay, peer_key)
+        # A peer that answered back to active, left, or was suspended again later is not due.
+        standing = get_standing_at_height(get_standing(peer), height, params)
+        if standing != get_standing(peer):
+            put_standing(overlay, peer_key, peer, standing)
+    put_peer_keys(overlay, get_grace_key(height), ())
+
+
+# ---------------------------------------------------------------------------- the body as a whole
+
 def process_chain_head(overlay: Overlay, header: BlockHeader) -> None:
     overlay.put(KEY_CHAIN, ChainInfo(header.height, header.timestamp_ms, header.randomness))
     overlay.put(get_randomness_key(header.height), header.randomness)
     if header.height >= RANDOMNESS_HISTORY_BLOCKS:
         overlay.delete(get_randomness_key(header.height - RANDOMNESS_HISTORY_BLOCKS))
+
+
+def process_block_effects(overlay: Overlay, header: BlockHeader, body: Sequence[SignedRecord],
+                          payloads: Sequence[bytes]) -> None:
+    """Everything a block changes, in this order (build_block and process_body share it):
+    the records; then the challenge rules, which see the records' effects: claims of the
+    previous block are challenged, at an epoch boundary the epoch is drawn (skipping
+    holdings already challenged), challenges due now and unanswered are retried or missed,
+    peers whose grace ran out are excluded; last the chain head and randomness history."""
+    process_records(overlay, header.height, body, payloads)
+    process_claim_challenges(overlay, header.height)
+    process_epoch_challenges(overlay, header.height)
+    process_expired_challenges(overlay, header.height)
+    process_peer_standing(overlay, header.height)
+    process_chain_head(overlay, header)
 
 
 def process_state_root(new_state: State, header: BlockHeader) -> None:
@@ -449,8 +798,7 @@ def process_body(state: State, block: Block) -> State:
     payloads = [get_record_payload(r.record) for r in block.body]
     process_body_root(state, block, payloads)
     overlay = Overlay(state)
-    process_records(overlay, block.header.height, block.body, payloads)
-    process_chain_head(overlay, block.header)
+    process_block_effects(overlay, block.header, block.body, payloads)
     new_state = commit_overlay(overlay, block.hash())
     process_state_root(new_state, block.header)
     return new_state
@@ -514,8 +862,7 @@ def build_block(state: State, proposer_key: SigningKey, vrf_key: SigningKey, rou
         body_root=compute_body_root(payloads, [r.signature for r in body]),
     )
     overlay = Overlay(state)
-    process_records(overlay, height, body, payloads)
-    process_chain_head(overlay, header)
+    process_block_effects(overlay, header, body, payloads)
     header = dataclasses.replace(header, state_root=commit_overlay(overlay, ZERO_HASH).root)
     return Block(header, proposer_key.sign(state.chain_id, KIND_BLOCK, encode(header)), body)
 

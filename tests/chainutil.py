@@ -6,6 +6,9 @@
     chain.state                             # the state after that block
     block = chain.build(records)            # a block not yet applied
     commit = chain.commit(block)            # precommits of a quorum (or of `signers`)
+    chain.advance_to(20)                    # empty blocks up to a height
+    chain.replay()                          # the state from genesis by process_block alone
+    answer_challenge(chain, peer, cid, directory, torrent)   # the ProofResult a validator records
 
 Keys are derived from labels, so two processes (a test and a subprocess it drives) that
 use the same labels get the same chain.
@@ -21,7 +24,8 @@ from chain.codec import encode
 from chain.constants import KIND_BLOCK
 from chain.crypto import SigningKey, sha256
 from chain.genesis import get_genesis_state, get_max_faulty, make_genesis
-from chain.state import State, get_chain_info, get_height
+from chain.proofs import compute_proof_digest, get_proof_verdict, make_proof_answer
+from chain.state import State, get_chain_info, get_challenge, get_height
 from chain.transition import (
     build_block,
     compute_body_root,
@@ -34,6 +38,7 @@ from chain.transition import (
 )
 from chain.types import (
     CLAIM,
+    PASS,
     PRECOMMIT,
     Block,
     Commit,
@@ -43,6 +48,7 @@ from chain.types import (
     Holding,
     Params,
     PeerJoin,
+    ProofResult,
     Publish,
     SignedRecord,
     ValidatorInfo,
@@ -111,6 +117,11 @@ def publish(key: SigningKey, torrent: bytes, seq: int = 1, *, name: str = "data"
     return Publish(key.public_key, name, torrent, target, seeders, seq)
 
 
+def proof_result(key: SigningKey, challenge_id: bytes, verdict: int = PASS, digest: bytes = b"\x01" * 32) -> SignedRecord:
+    """A ProofResult as a proposer puts it in a block: no author signature."""
+    return SignedRecord(ProofResult(key.public_key, challenge_id, verdict, digest), b"")
+
+
 def make_torrent(directory: Path, files: dict[str, bytes]) -> tuple[bytes, bytes]:
     """(torrent bytes, info_hash_v2) of a hybrid torrent over `files` written into `directory`."""
     from storage.collection import create_collection
@@ -120,6 +131,25 @@ def make_torrent(directory: Path, files: dict[str, bytes]) -> tuple[bytes, bytes
         (directory / name).write_bytes(data)
     meta = create_collection(directory, piece_length=16384)
     return meta.torrent, meta.info_hash_v2
+
+
+def answer_challenge(chain: "TestChain", key: SigningKey, challenge_id: bytes, directory: Path, torrent: bytes,
+                     *, leaf: int | None = None) -> SignedRecord:
+    """What validators record for `key`'s answer to an open challenge, proving `leaf` (default:
+    the challenged one) from the files in `directory`: a real proof, verdict and digest."""
+    from storage.collection import parse_torrent, shard_leaf_to_file_leaf
+    from storage.merkle import BLOCK_SIZE
+    from storage.proof import build_proof, read_piece
+
+    challenge = get_challenge(chain.state, challenge_id)
+    meta = parse_torrent(torrent, max_shard_bytes=chain.genesis.params.max_shard_bytes)
+    shard = meta.shards[challenge.shard]
+    leaf = challenge.leaf if leaf is None else leaf
+    file_index, file_leaf = shard_leaf_to_file_leaf(meta, shard, leaf)
+    piece = read_piece(directory / meta.files[file_index].path, file_leaf * BLOCK_SIZE // meta.piece_length, meta.piece_length)
+    answer = make_proof_answer(key, chain.chain_id, challenge, build_proof(meta, shard, leaf, piece))
+    verdict = get_proof_verdict(chain.chain_id, challenge, answer, meta, chain.height + 1)
+    return SignedRecord(ProofResult(key.public_key, challenge_id, verdict, compute_proof_digest(answer)), b"")
 
 
 # ---------------------------------------------------------------------------- chain
@@ -188,3 +218,15 @@ class TestChain:
         self.state = process_block(self.state, block, committed.commit)
         self.blocks.append(committed)
         return committed
+
+    def advance_to(self, height: int) -> None:
+        """Empty blocks until the head is at `height`."""
+        while self.height < height:
+            self.advance()
+
+    def replay(self) -> State:
+        """The state after every block so far, applied from genesis by process_block alone."""
+        state = get_genesis_state(self.genesis)
+        for committed in self.blocks:
+            state = process_block(state, committed.block, committed.commit)
+        return state

@@ -12,6 +12,7 @@ from chain.state import (
     get_collection,
     get_height,
     get_last_seq,
+    get_open_challenges_for_peer,
     get_peer,
     get_peer_holdings,
     get_randomness,
@@ -70,13 +71,18 @@ def test_a_chain_of_blocks_is_accepted_and_records_take_effect(chain, torrent):
     chain.advance([chain.sign(ALICE, holding(ALICE, info_hash, 0, seq=3)),
                    chain.sign(BOB, holding(BOB, info_hash, 0, seq=2)),
                    chain.sign(BOB, holding(BOB, info_hash, 1, seq=3))])
+    # Bob drops shard 0 before its claim is challenged: only two claim challenges are issued.
     chain.advance([chain.sign(BOB, holding(BOB, info_hash, 0, seq=4, action=DROP)),
-                   SignedRecord(ProofResult(ALICE.public_key, b"\x07" * 32, PASS, b"\x08" * 32), b""),
                    SignedRecord(double_vote(chain), b"")])
+    assert len(get_open_challenges_for_peer(chain.state, ALICE.public_key)) == 1
+    assert [e.shard for _, e in get_open_challenges_for_peer(chain.state, BOB.public_key)] == [1]
+    (alice_challenge, _), = get_open_challenges_for_peer(chain.state, ALICE.public_key)
+    chain.advance([SignedRecord(ProofResult(ALICE.public_key, alice_challenge, PASS, b"\x08" * 32), b"")])
+    assert get_peer(chain.state, ALICE.public_key).proofs_passed == 1
     chain.advance([chain.sign(ALICE, PeerLeave(ALICE.public_key, seq=4))])
 
     state = chain.state
-    assert get_height(state) == 5 and state.head_hash == chain.blocks[-1].block.hash()
+    assert get_height(state) == 6 and state.head_hash == chain.blocks[-1].block.hash()
     assert state.root == chain.blocks[-1].block.header.state_root
     alice = get_peer(state, ALICE.public_key)
     assert alice.status == LEFT and alice.registered_height == 1
@@ -85,13 +91,13 @@ def test_a_chain_of_blocks_is_accepted_and_records_take_effect(chain, torrent):
     assert bob.registration_randomness == get_randomness(state, 0) != parent_randomness
     collection = get_collection(state, info_hash)
     assert collection.target == 2 and len(collection.shards) == 2 and collection.published_height == 2
-    # Alice's leave dropped her claim; Bob dropped shard 0 and keeps shard 1.
+    # Alice's leave dropped her verified copy; Bob dropped shard 0 and keeps shard 1.
     assert get_shard_holders(state, info_hash, 0).holders == ()
     assert [h.peer for h in get_shard_holders(state, info_hash, 1).holders] == [BOB.public_key]
     assert [r.shard for r in get_peer_holdings(state, BOB.public_key).shards] == [1]
     assert get_last_seq(state, ALICE.public_key) == 4 and get_last_seq(state, BOB.public_key) == 4
     assert len(list(iter_prefix(state, b"evidence/"))) == 1
-    assert get_randomness(state, 5) == chain.blocks[-1].block.header.randomness
+    assert get_randomness(state, 6) == chain.blocks[-1].block.header.randomness
 
 
 def test_proposer_rotates_through_every_validator_within_a_height():
