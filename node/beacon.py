@@ -19,15 +19,17 @@ from chain.consensus import (
     Broadcast, ConsensusConfig, Decide, EvidenceFound, InvalidMessage, Persist, ScheduleTimeout, SignState,
     Tendermint,
 )
-from chain.constants import MAX_FUTURE_DRIFT_MS
+from chain.constants import MAX_FUTURE_DRIFT_MS, MAX_TIMESTAMP_STEP_MS
 from chain.errors import ChainError, CodecError, InvalidBlock
-from chain.state import State, get_chain_info, get_validators
+from chain.proofs import ProofAnswer
+from chain.state import State, get_chain_info, get_collection, get_validators
 from chain.transition import build_block, get_proposer, process_proposal, select_records, verify_commit
-from chain.types import Block, CommittedBlock, SignedProposal, SignedRecord, SignedVote
+from chain.types import Block, CommittedBlock, ProofResult, SignedProposal, SignedRecord, SignedVote
 from node.chainnode import ChainNode, now_ms, run_node
 from node.config import NodeConfig
 from node.gossip import Verdict
-from node.messages import GossipEnvelope, ProposalMsg, RecordMsg, VoteMsg
+from node.messages import GossipEnvelope, ProofMsg, ProposalMsg, RecordMsg, VoteMsg
+from node.proofpool import ProofPool, compute_verdict, is_valid_sidecar, sidecar_proofs
 from node.pool import RecordPool
 
 log = logging.getLogger("cairn.beacon")
@@ -36,6 +38,7 @@ LAST_SIGNED_KEY = b"consensus/last_signed"
 POOL_MAX_AGE_MS = 10 * 60 * 1000
 MAX_VALID_CACHE = 32
 RESEND_EVERY_S = 2.0
+PRUNE_EVERY_BLOCKS = 100
 
 
 class BeaconNode(ChainNode):
@@ -46,9 +49,14 @@ class BeaconNode(ChainNode):
         validators = tuple(v.public_key for v in get_validators(self.state))
         raw = self.store.get_meta(LAST_SIGNED_KEY)
         last_signed = decode(raw, SignState) if raw else None
+        # A beacon whose key is not in the validator set runs as an observer: it follows
+        # and serves the chain (explorer, sync) but signs nothing.
+        self.is_validator = self.key.public_key in validators
         self.consensus = Tendermint(self.chain_id, validators, self, ConsensusConfig.from_params(self.genesis.params),
-                                    key=self.key, last_signed=last_signed)
+                                    key=self.key if self.is_validator else None, last_signed=last_signed)
         self.pool = RecordPool()
+        self.proofs = ProofPool()
+        self._sidecars: dict[bytes, tuple] = {}       # block hash -> proof answers beside it
         self._valid: dict[bytes, State] = {}          # block hash -> state after it (proposal checks)
         self._timers: list[asyncio.TimerHandle] = []
         self.validator_seen_ms: dict[bytes, int] = {}
@@ -58,9 +66,12 @@ class BeaconNode(ChainNode):
 
     def propose_value(self, height: int, round_: int) -> tuple[bytes, bytes]:
         parent_ts = get_chain_info(self.state).timestamp_ms
-        records = select_records(self.state, self.pool.select(self.genesis.params.max_records_per_block * 2))
-        block = build_block(self.state, self.key, self.vrf_key, round_, max(now_ms(), parent_ts + 1), records)
-        self._valid[block.hash()] = None  # built by us: validated on first is_valid_value
+        results, sidecar = self.proofs.select(self, self.state)
+        candidates = results + self.pool.select(self.genesis.params.max_records_per_block * 2)
+        records = select_records(self.state, candidates)
+        timestamp = min(max(now_ms(), parent_ts + 1), parent_ts + MAX_TIMESTAMP_STEP_MS)
+        block = build_block(self.state, self.key, self.vrf_key, round_, timestamp, records)
+        self._sidecars[block.hash()] = sidecar
         return encode(block), block.hash()
 
     def is_valid_value(self, height: int, value: bytes, value_hash: bytes) -> bool:
@@ -75,6 +86,8 @@ class BeaconNode(ChainNode):
                 log.info("proposal at height %d is too far in the future", height)
                 return False
             new_state = process_proposal(self.state, block)
+            if not is_valid_sidecar(self, self.state, block, self._sidecars.get(value_hash, ())):
+                return False
         except (CodecError, InvalidBlock) as exc:
             log.info("rejecting proposal for height %d: %s", height, exc)
             return False
@@ -100,11 +113,12 @@ class BeaconNode(ChainNode):
                 self._on_decide(action)
             elif isinstance(action, EvidenceFound):
                 log.warning("evidence of a double vote by %s", action.evidence.vote_a.vote.validator.hex()[:16])
-                self.pool.add(SignedRecord(action.evidence, b""), now_ms())
+                self.submit_record(SignedRecord(action.evidence, b""))
 
     def _broadcast_consensus(self, action: Broadcast) -> None:
         if isinstance(action.message, SignedProposal):
-            self.publish(ProposalMsg(action.message, action.value, ()))
+            sidecar = self._sidecars.get(action.message.proposal.block_hash, ())
+            self.publish(ProposalMsg(action.message, action.value, sidecar))
         else:
             self.publish(VoteMsg(action.message))
 
@@ -127,10 +141,18 @@ class BeaconNode(ChainNode):
         new_state = self._valid.get(action.value_hash)
         if new_state is not None:
             verify_commit(self.state, action.commit, action.value_hash)
+        proofs = sidecar_proofs(block, self._sidecars.get(action.value_hash, ()))
         self.apply_committed(committed, new_state)
+        if proofs:
+            self.store.put_proofs(block.header.height, proofs)
+            self.proofs.remove(proofs)
 
     def on_new_head(self, committed: CommittedBlock) -> None:
         self._valid.clear()
+        self._sidecars.clear()
+        self.proofs.remove([s.record.challenge_id for s in committed.block.body if isinstance(s.record, ProofResult)])
+        if committed.block.header.height % PRUNE_EVERY_BLOCKS == 0:
+            self.store.prune_proofs(committed.block.header.height)
         self.pool.remove(committed.block.body)
         self.pool.expire(now_ms(), POOL_MAX_AGE_MS)
         self._start_next_height()
@@ -148,6 +170,8 @@ class BeaconNode(ChainNode):
         return self.consensus.height > height or (self.consensus.height == height and self.consensus.started)
 
     def _start_height(self, height: int) -> None:
+        if not self.is_validator:
+            return
         if height != self.height + 1 or self._consensus_running(height):
             log.debug("not starting height %d (head %d, consensus at %d)", height, self.height, self.consensus.height)
             return
@@ -159,7 +183,7 @@ class BeaconNode(ChainNode):
     def validate_gossip(self, inner) -> Verdict:
         if isinstance(inner, (ProposalMsg, VoteMsg)):
             signer = inner.proposal.proposal.proposer if isinstance(inner, ProposalMsg) else inner.vote.vote.validator
-            return Verdict.ACCEPT if signer in self.consensus._index else Verdict.REJECT
+            return Verdict.ACCEPT if self.consensus.is_validator(signer) else Verdict.REJECT
         return Verdict.ACCEPT
 
     def on_gossip(self, peer: bytes | None, inner) -> None:
@@ -167,14 +191,26 @@ class BeaconNode(ChainNode):
         try:
             if isinstance(inner, ProposalMsg):
                 self.validator_seen_ms[inner.proposal.proposal.proposer] = now
+                if len(self._sidecars) < MAX_VALID_CACHE:
+                    self._sidecars.setdefault(inner.proposal.proposal.block_hash, inner.sidecar)
                 self.run_actions(self.consensus.on_proposal(inner.proposal, inner.block, now))
             elif isinstance(inner, VoteMsg):
                 self.validator_seen_ms[inner.vote.vote.validator] = now
                 self.run_actions(self.consensus.on_vote(inner.vote, now))
             elif isinstance(inner, RecordMsg):
                 self.pool.add(inner.record, now)
+            elif isinstance(inner, ProofMsg):
+                if compute_verdict(self, self.state, inner, self.height + 1) is not None:
+                    self.proofs.add(inner)
         except InvalidMessage as exc:
             log.info("dropping consensus message from %s: %s", peer.hex()[:16] if peer else "self", exc)
+
+    def lookup_proof(self, challenge_id: bytes):
+        data = self.store.get_proof(challenge_id)
+        if data is None:
+            return None
+        answer = decode(data, ProofAnswer)
+        return ProofMsg(answer.peer, answer.challenge_id, answer.proof, answer.signature)
 
     def submit_record(self, record: SignedRecord) -> bytes | None:
         """A record from the API: pool it and flood it to the other beacons."""
@@ -193,7 +229,7 @@ class BeaconNode(ChainNode):
 
     def _resend_own(self, peer: bytes | None = None) -> None:
         for b in self.consensus.own_messages():
-            inner = ProposalMsg(b.message, b.value, ()) if isinstance(b.message, SignedProposal) else VoteMsg(b.message)
+            inner = ProposalMsg(b.message, b.value, self._sidecars.get(b.message.proposal.block_hash, ())) if isinstance(b.message, SignedProposal) else VoteMsg(b.message)
             env = GossipEnvelope(inner, 1)
             if peer is None:
                 self.broadcast_direct(env)
@@ -207,7 +243,8 @@ class BeaconNode(ChainNode):
     # ------------------------------------------------------------------ explorer views
 
     def assignments_for(self, info_hash: bytes) -> dict[int, tuple[bytes, ...]]:
-        return {}
+        coll = get_collection(self.state, info_hash)
+        return {s.index: self.tracker.get_assigned(info_hash, s.index) for s in coll.shards} if coll else {}
 
     def reputation_history(self, peer: bytes) -> list[dict]:
         return []

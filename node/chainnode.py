@@ -18,13 +18,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from chain.codec import encode
+from chain.assignments import ShardPrior, TargetTracker
+from chain.codec import decode, encode
 from chain.errors import ChainError, InvalidBlock
 from chain.genesis import load_genesis
 from chain.keys import ensure_private_dir, load_keys
 from chain.crypto import sha256
 from chain.state import State, get_chain_info, get_collection, get_height
 from chain.store import ChainStore
+from chain.transition import process_block
 from chain.types import CommittedBlock, Publish
 from node.config import NodeConfig, parse_address
 from node.gossip import Gossip, GossipPeerBanned, PeerBook, Verdict
@@ -42,6 +44,7 @@ log = logging.getLogger("cairn.node")
 TICK_S = 0.25                 # maintenance: sync requests, dialing, status
 STATUS_EVERY_S = 5.0
 PEERS_EVERY_S = 10.0
+TARGETS_META = b"targets/"
 ROLE_NAMES = {ROLE_BEACON: "beacon", ROLE_PEER: "peer"}
 
 
@@ -63,6 +66,9 @@ class ChainNode:
         self.kv = LevelDBKV(datadir / "db")
         self.store = ChainStore(self.kv, self.genesis)
         self.state: State = self.store.load_state()
+        self.tracker = TargetTracker()
+        self.tracker.rebuild(self.state, {
+            key[len(TARGETS_META):]: decode(value, ShardPrior) for key, value in self.store.iter_meta(TARGETS_META)})
         self.transport = Transport(self.key, self.chain_id, role=ROLE_NAMES[self.role], address=cfg.listen)
         self.gossip = Gossip(seed=int.from_bytes(self.key.public_key[:4], "big"), validate=self.validate_gossip)
         self.syncer = Syncer(get_height(self.state))
@@ -112,12 +118,17 @@ class ChainNode:
         return Hello(PROTOCOL_VERSION, self.genesis.chain_id, self.genesis_hash, self.role,
                      info.height, self.state.head_hash, self.cfg.listen)
 
-    def apply_committed(self, committed: CommittedBlock, new_state: State | None = None) -> None:
-        """Verify (unless already done), persist in one batch, then tell everyone."""
+    def apply_committed(self, committed: CommittedBlock, new_state: State | None = None,
+                        extra_meta: dict[bytes, bytes] | None = None) -> None:
+        """Verify (unless already done), advance the targets, persist in one batch, then
+        tell everyone."""
         if new_state is None:
-            from chain.transition import process_block
             new_state = process_block(self.state, committed.block, committed.commit)
-        self.store.append(committed, new_state)
+        changed = self.tracker.apply_block(new_state)
+        meta = dict(extra_meta or {})
+        for prior in self.tracker.get_priors([a.shard_id for a in changed]):
+            meta[TARGETS_META + prior.shard_id] = encode(prior)
+        self.store.append(committed, new_state, meta)
         self.state = new_state
         self.syncer.on_applied(get_height(new_state))
         self.on_new_head(committed)

@@ -129,8 +129,9 @@ def publish(directory: Path, *, name: str | None, target: int, beacon: str, data
         print(f"seeding until every shard has {target} verified holders")
         while True:
             info = collection_summary(beacon, meta.name) or {}
-            print(f"  shards at target {info.get('shards_at_target')}/{info.get('shards')}", flush=True)
-            if info.get("shards") and info.get("shards_at_target") == info.get("shards"):
+            total = len(info.get("shards") or [])
+            print(f"  shards at target {info.get('shards_at_target')}/{total}", flush=True)
+            if total and info.get("shards_at_target") == total:
                 print("target reached; the publisher can go away")
                 return 0
             if time.monotonic() > deadline:

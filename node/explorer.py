@@ -250,7 +250,7 @@ class BeaconExplorer:
                            if h.peer == peer_id), None)
             holdings.append({"collection": ref.collection.hex(), "name": coll.name if coll else "", "shard": ref.shard,
                              "state": "verified" if holder and holder.verified_height else "claimed",
-                             "verified_height": holder.verified_height if holder else 0})
+                             "verified_height": (holder.verified_height or None) if holder else None})
         proofs, history = [], []
         for block in self._recent_blocks():
             for signed in block.body:
@@ -260,7 +260,8 @@ class BeaconExplorer:
                                    "collection": "", "shard": None, "leaf": None,
                                    "verdict": VERDICT_NAMES.get(rec.verdict, "failed")})
         history.append({"height": self.node.height, "reputation_ppm": peer.reputation_ppm})
-        return {**out, "holdings": holdings, "reputation_history": self.node.reputation_history(peer_id) or history,
+        return {**out, "thresholds": {"suspend_below_ppm": self.node.genesis.params.suspend_below_ppm},
+                "holdings": holdings, "reputation_history": self.node.reputation_history(peer_id) or history,
                 "proofs": proofs[:200]}
 
     def _collection_summary(self, info_hash: bytes, coll) -> dict[str, Any]:
@@ -295,12 +296,14 @@ class BeaconExplorer:
                            "target": coll.target, "verified_holders": [p.hex() for p in verified],
                            "claimed": [p.hex() for p in claimed],
                            "assigned": [p.hex() for p in assigned.get(shard.index, ())],
-                           "last_proof_height": last})
+                           "last_proof_height": last or None})
             for p in verified + claimed:
                 peer = get_peer(state, p)
                 if peer is not None and peer.bt_address not in sources:
                     sources.append(peer.bt_address)
         files = self.node.collection_files(info_hash, coll)
+        for item in shards:
+            item["file"] = files[item["file"]]["path"] if item["file"] < len(files) else str(item["file"])
         return {**self._collection_summary(info_hash, coll), "files": files, "shards": shards,
                 "sources": (sources + [s for s in coll.seeders if s not in sources])[:SOURCES_MAX]}
 

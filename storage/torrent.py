@@ -448,6 +448,7 @@ class TorrentSession:
         drop = _normalize(pieces, t.ti.num_pieces())
         if not drop:
             return
+        self._await_loaded(t, timeout)
         n = t.ti.num_pieces()
         # Stop traffic first so no write for a dropped piece can land after the punch; the
         # flush inside the resume-data request is a fence behind every earlier write.
@@ -647,12 +648,12 @@ class TorrentSession:
         else:
             if Path(t.save_path) != save_path:
                 raise SessionError(f"torrent {key} is already held under {t.save_path}")
+            self._await_loaded(t, 30.0)
             prios = list(t.handle.get_piece_priorities())
             if any(prios[p] == 0 for p in want):
                 for p in want:
                     prios[p] = max(prios[p], 1)
-                # File priorities overwrite every piece priority in the file: set them first.
-                t.handle.prioritize_files(self._file_prios(ti, prios))
+                self._open_files(t, ti, prios)
                 t.handle.prioritize_pieces(prios)
             for host, port in peers:
                 t.handle.connect_peer((host, int(port)))
@@ -666,6 +667,32 @@ class TorrentSession:
             if any(piece_prios[p] for p in range(s.first_piece, s.last_piece + 1)):
                 fprios[s.index] = 4
         return fprios
+
+    def _open_files(self, t: _Torrent, ti: lt.torrent_info, prios: list[int], timeout: float = 30.0) -> None:
+        """Raise to 1 the priority of files that get wanted pieces, and wait until it took.
+
+        libtorrent applies a file priority after a disk-thread round trip, and applying it
+        sets every piece of the file to that priority: a prioritize_pieces issued before it
+        lands would be overwritten and the whole file fetched. So only files whose priority
+        changes are touched, and piece priorities are set once the change is visible."""
+        wanted = self._file_prios(ti, prios)
+        current = list(t.handle.get_file_priorities())
+        opening = [i for i, w in enumerate(wanted) if w > 0 and current[i] == 0]
+        if not opening:
+            return
+        for i in opening:
+            t.handle.file_priority(i, 1)
+        if not self.wait_until(lambda: all(t.handle.get_file_priorities()[i] > 0 for i in opening), timeout):
+            raise SessionError(f"torrent {_key(ti.info_hashes())}: file priorities did not apply")
+
+    def _await_loaded(self, t: _Torrent, timeout: float) -> None:
+        """Wait until a (re-)added torrent has loaded its resume data: before that its
+        piece priorities and have-bits read as defaults, and acting on those would make
+        libtorrent fetch the whole torrent."""
+        loading = (lt.torrent_status.states.checking_resume_data,)
+        if t.handle.status().state in loading and not self.wait_until(
+                lambda: t.handle.status().state not in loading, timeout):
+            raise SessionError(f"torrent {_key(t.ti.info_hashes())} did not finish loading its resume data")
 
     def _add(self, atp: lt.add_torrent_params, ti: lt.torrent_info) -> _Torrent:
         # Not auto-managed: libtorrent's queue would otherwise pause torrents past its

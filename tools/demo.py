@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tools.testnet import Network, run_cairn, wait_for
 
-DEMO_PARAMS = {"block_interval_ms": 1000, "epoch_blocks": 5, "grace_period_blocks": 10}
+DEMO_PARAMS = {"block_interval_ms": 1000, "epoch_blocks": 4, "proof_deadline_blocks": 4, "proof_retries": 1,
+               "reputation_alpha_ppm": 500_000, "grace_period_blocks": 10, "max_shard_bytes": 1 << 20}
 
 
 def make_sample_collection(path: Path, seed: int = 7) -> Path:
@@ -75,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(lambda: all(h is not None and h >= 1 for h in net.heights()), 60, what="first block")
         sample = make_sample_collection(root / "sample")
         print("publishing the sample collection with target 3")
-        res = run_cairn("publish", str(sample), "--name", "sample", "--target", "3",
-                        "--beacon", net.beacons[0].address, "--datadir", str(root / "publisher"), "--no-seed",
-                        check=False)
-        print(res.stdout.strip() or res.stderr.strip())
-        if res.returncode != 0:
-            return res.returncode
+        publisher = net.publish(sample, "sample", target=3)
         b = net.beacons[0]
         print(f"explorer:  {b.api}/")
         for p in net.peers:
@@ -95,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.exit_when_converged:
                     break
                 print("running; press Ctrl-C to stop")
+            if publisher.poll() not in (None, 0):
+                print(f"publisher failed:\n{net.publisher_log()}", file=sys.stderr)
+                return 1
             if not converged and time.monotonic() > deadline:
                 print("did not converge in time", file=sys.stderr)
                 return 1

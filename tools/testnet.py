@@ -119,6 +119,8 @@ class Network:
     chain_id: str = "cairn-local"
     beacons: list[Node] = field(default_factory=list)
     peers: list[Node] = field(default_factory=list)
+    publishers: list[subprocess.Popen] = field(default_factory=list)
+    observers: list[Node] = field(default_factory=list)   # beacons not in the genesis validator set
 
     @property
     def genesis_path(self) -> Path:
@@ -153,14 +155,51 @@ class Network:
         self.peers.append(node)
         return node
 
+    def publish(self, directory: Path, name: str, target: int = 3) -> subprocess.Popen:
+        """`cairn publish` in the background: registers the collection and seeds it until
+        every shard has its target number of verified holders, then exits 0."""
+        log = open(self.root / "publisher.log", "ab")
+        proc = subprocess.Popen(
+            cairn_cmd("publish", str(directory), "--name", name, "--target", str(target),
+                      "--beacon", self.beacons[0].address, "--datadir", str(self.root / "publisher")),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        self.publishers.append(proc)
+        return proc
+
+    def publisher_log(self) -> str:
+        path = self.root / "publisher.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
     def all_nodes(self) -> list[Node]:
-        return self.beacons + self.peers
+        return self.beacons + self.observers + self.peers
+
+    def add_observer(self, bootstrap: list[str] | None = None) -> Node:
+        """A fresh beacon data dir (`cairn init beacon`) whose key is not in the genesis: it
+        runs as an observer that only syncs. Gets the genesis and `bootstrap` (default: the
+        first beacon's address) as its only bootstrap addresses."""
+        i = len(self.observers)
+        node = Node(f"observer{i}", "beacon", self.root / f"observer{i}", free_port())
+        addrs = bootstrap if bootstrap is not None else [self.beacons[0].address]
+        run_cairn("init", "beacon", "--datadir", str(node.datadir), "--listen", node.address,
+                  "--bootstrap", ",".join(addrs))
+        run_cairn("genesis", "install", str(self.genesis_path), "--datadir", str(node.datadir))
+        self.observers.append(node)
+        return node
 
     def start_all(self) -> None:
         for node in self.all_nodes():
             node.start()
 
     def stop_all(self) -> None:
+        for proc in self.publishers:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         for node in reversed(self.all_nodes()):
             try:
                 node.stop()
@@ -175,3 +214,93 @@ class Network:
             except (OSError, urllib.error.URLError, ValueError, KeyError):
                 out.append(None)
         return out
+
+
+# ---------------------------------------------------------------------------- chain views over the API
+
+def head_height(node: Node) -> int | None:
+    """The node's head height, or None if it is down or not answering."""
+    if not node.running():
+        return None
+    try:
+        return node.status()["head_height"]
+    except (OSError, urllib.error.URLError, ValueError, KeyError):
+        return None
+
+
+def block_hash_at(node: Node, height: int) -> str | None:
+    """The hash of the node's block at `height` (GET /api/blocks/{height}), None if absent."""
+    try:
+        return http_json(f"{node.api}/api/blocks/{height}")["hash"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def block_summaries(node: Node, lo: int = 1, hi: int | None = None) -> dict[int, dict]:
+    """height -> block summary (hash, records count, time_ms...) for lo..hi, read by pages
+    of GET /api/blocks (newest first)."""
+    out: dict[int, dict] = {}
+    before = None if hi is None else hi + 1
+    while True:
+        url = f"{node.api}/api/blocks?limit=100" + (f"&before={before}" if before is not None else "")
+        page = http_json(url, timeout=5.0)
+        for b in page["blocks"]:
+            if b["height"] >= lo:
+                out[b["height"]] = b
+        nxt = page.get("next_before")
+        if not page["blocks"] or nxt is None or nxt <= lo:
+            return out
+        before = nxt
+
+
+def block_hashes(node: Node, lo: int = 1, hi: int | None = None) -> dict[int, str]:
+    return {h: b["hash"] for h, b in block_summaries(node, lo, hi).items()}
+
+
+def hash_disagreements(nodes: list[Node]) -> tuple[int, dict[int, dict[str, str]]]:
+    """Compare every node's block hashes at every height they all hold.
+
+    Returns (highest common height, {height: {node name: hash}} for the heights where they
+    differ). Empty differences = no fork among `nodes`."""
+    views = {n.name: block_hashes(n) for n in nodes}
+    common = min((max(v) if v else 0) for v in views.values())
+    bad: dict[int, dict[str, str]] = {}
+    for h in range(1, common + 1):
+        seen = {name: v.get(h) for name, v in views.items()}
+        if len(set(seen.values())) != 1 or None in seen.values():
+            bad[h] = seen
+    return common, bad
+
+
+def wait_height(nodes: list[Node], height: int, timeout: float) -> list[int]:
+    """Wait until every node's head is at least `height`; returns their heads."""
+    def reached():
+        hs = [head_height(n) for n in nodes]
+        return hs if all(h is not None and h >= height for h in hs) else None
+    names = ",".join(n.name for n in nodes)
+    return wait_for(reached, timeout, what=f"{names} to reach height {height}")
+
+
+def read_stored_chain(datadir: Path) -> tuple[dict[int, str], object | None]:
+    """({height: block hash hex}, last signed consensus record or None) read straight from a
+    stopped node's LevelDB (the node must not be running: LevelDB allows one opener)."""
+    from chain.codec import decode
+    from chain.consensus import SignState
+    from chain.genesis import load_genesis
+    from chain.store import ChainStore
+    from storage.kv import LevelDBKV
+
+    kv = LevelDBKV(datadir / "db", sync=False)
+    try:
+        store = ChainStore(kv, load_genesis(datadir / "genesis.json"))
+        head = store.head_height()
+        hashes = {}
+        for h in range(1, head + 1):
+            block = store.get_block(h)
+            hashes[h] = block.hash().hex()
+        raw = store.get_meta(b"consensus/last_signed")
+        return hashes, (decode(raw, SignState) if raw else None)
+    finally:
+        kv.close()
