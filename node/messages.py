@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
+from chain.proofs import ProofStatement
 from chain.codec import Hash32, MaxLen, PubKey, Signature, Tagged, decode, encode
 from chain.constants import KIND_PROOF, MAX_BLOCK_BYTES, MAX_RECORD_BYTES
 from chain.crypto import is_valid_chain_id, sha256
@@ -185,14 +186,6 @@ class GetProof:
 
 
 @dataclass(frozen=True, slots=True)
-class ProofAnswer:
-    """What a storage peer signs (kind "proof") when it answers a challenge."""
-    peer: PubKey
-    challenge_id: Hash32
-    proof: ProofBytes
-
-
-@dataclass(frozen=True, slots=True)
 class ProofMsg:
     """A storage peer's signed answer to a challenge (flooded, and the proposal sidecar)."""
     TAG: ClassVar[int] = 23
@@ -204,7 +197,7 @@ class ProofMsg:
     SIGN_KIND: ClassVar[bytes] = KIND_PROOF
 
     def signing_payload(self) -> bytes:
-        return encode(ProofAnswer(self.peer, self.challenge_id, self.proof))
+        return encode(ProofStatement(self.peer, self.challenge_id, self.proof))
 
 
 @dataclass(frozen=True, slots=True)
