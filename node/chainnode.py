@@ -32,10 +32,12 @@ from node.config import NodeConfig, parse_address
 from node.gossip import Gossip, GossipPeerBanned, PeerBook, Verdict
 from node.messages import (
     PROTOCOL_VERSION, ROLE_BEACON, ROLE_PEER, Blocks, ErrorMsg, GetBlocks, GetPeers, GetProof, GossipEnvelope,
-    Hello, MessageError, Peers, ProofReply, ProtocolError, Status, decode_message, encode_message,
+    MAX_FRAME_BYTES, Hello, MessageError, Peers, ProofReply, ProtocolError, Status, decode_message,
+    encode_message,
 )
 from node.sync import BadBlocksReply, Syncer, serve_get_blocks
-from node.transport import PeerDown, PeerUp, Received, Transport
+from node.link import LinkConfig
+from node.transport import PeerDown, PeerUp, Received, Transport, TransportConfig
 from storage.collection import parse_torrent
 from storage.kv import LevelDBKV
 
@@ -69,7 +71,10 @@ class ChainNode:
         self.tracker = TargetTracker()
         self.tracker.rebuild(self.state, {
             key[len(TARGETS_META):]: decode(value, ShardPrior) for key, value in self.store.iter_meta(TARGETS_META)})
-        self.transport = Transport(self.key, self.chain_id, role=ROLE_NAMES[self.role], address=cfg.listen)
+        # Links must carry the largest message any kind may be (a proposal with its proof
+        # sidecar, a Blocks reply with one full block): the link's default is smaller.
+        self.transport = Transport(self.key, self.chain_id, role=ROLE_NAMES[self.role], address=cfg.listen,
+                                   config=TransportConfig(link=LinkConfig(max_payload=MAX_FRAME_BYTES)))
         self.gossip = Gossip(seed=int.from_bytes(self.key.public_key[:4], "big"), validate=self.validate_gossip)
         self.syncer = Syncer(get_height(self.state))
         self.peerbook = PeerBook(own_address=cfg.listen, own_key=self.key.public_key, bootstrap=cfg.bootstrap)

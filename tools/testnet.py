@@ -63,6 +63,7 @@ class Node:
     bt_port: int | None = None
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    program: str | None = None      # run `python -m <program> run ...` instead of `cairn <role> run ...`
 
     @property
     def api(self) -> str:
@@ -76,8 +77,9 @@ class Node:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
         self.log_path = self.datadir.parent / f"{self.name}.log"
         log = open(self.log_path, "ab")
+        cmd = ([sys.executable, "-m", self.program, "run"] if self.program else cairn_cmd(self.role, "run"))
         self.proc = subprocess.Popen(
-            cairn_cmd(self.role, "run", "--datadir", str(self.datadir), *extra),
+            [*cmd, "--datadir", str(self.datadir), *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -145,9 +147,13 @@ class Network:
         for node in self.beacons:
             run_cairn("init", "set", "--datadir", str(node.datadir), f"bootstrap={bootstrap}")
 
-    def add_peer(self, capacity: str = "1GiB") -> Node:
+    def add_peer(self, capacity: str = "1GiB", program: str | None = None, name: str | None = None) -> Node:
+        """A storage peer data dir (`cairn init peer`). `program`: a module run as
+        `python -m <program> run --datadir D` instead of `cairn peer run` (same data dir
+        and config), e.g. a byzantine peer from tools.adversary."""
         i = len(self.peers)
-        node = Node(f"peer{i}", "peer", self.root / f"peer{i}", free_port(), free_port())
+        name = name or f"peer{i}"
+        node = Node(name, "peer", self.root / name, free_port(), free_port(), program=program)
         run_cairn("init", "peer", "--datadir", str(node.datadir), "--listen", node.address,
                   "--bt-listen", f"{HOST}:{node.bt_port}", "--capacity", capacity,
                   "--bootstrap", ",".join(b.address for b in self.beacons))
