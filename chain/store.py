@@ -76,7 +76,7 @@ class ChainStore:
         return self.head()[0]
 
     def append(self, committed: CommittedBlock, new_state: State,
-               extra_meta: Mapping[bytes, bytes] | None = None) -> None:
+               extra_meta: Mapping[bytes, bytes] | None = None, *, durable: bool = True) -> None:
         """Write a block, its commit, the state changes it made and the new head, atomically.
 
         `new_state` must be the state `committed.block` led to from the current head (its
@@ -101,7 +101,7 @@ class ChainStore:
         for key in sorted(extra_meta or {}):
             ops.put(META + key, extra_meta[key])
         ops.put(KEY_HEAD, u64(height + 1) + block_hash)
-        self.kv.write_batch(ops)
+        self.kv.write_batch(ops, durable=durable)
 
     def get_block(self, height: int) -> Block | None:
         data = self.kv.get(BLOCK + u64(height)) if height > 0 else None

@@ -633,7 +633,7 @@ class Targets:
     def _rebalance(self, before: dict) -> None:
         """Move healthy copies toward under-full peers: only when no shard is
         below target, at most a few moves per call and in flight."""
-        if self._under or self._ring.peer_count < 2:
+        if self._under or self._ring.peer_count < 2 or self._demand == 0:
             return
         moves = min(REBALANCE_MOVES_PER_CALL, REBALANCE_MAX_IN_FLIGHT - len(self._moving))
         for _ in range(max(0, moves)):

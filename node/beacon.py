@@ -20,10 +20,12 @@ from chain.consensus import (
     Tendermint,
 )
 from chain.constants import MAX_FUTURE_DRIFT_MS, MAX_TIMESTAMP_STEP_MS
-from chain.errors import ChainError, CodecError, InvalidBlock
+from chain.errors import BadRecordSignature, ChainError, CodecError, InvalidBlock
 from chain.proofs import ProofAnswer
-from chain.state import State, get_chain_info, get_collection, get_validators
-from chain.transition import build_block, get_proposer, process_proposal, select_records, verify_commit
+from chain.state import Overlay, State, get_chain_info, get_collection, get_validators
+from chain.transition import (
+    build_block, get_proposer, get_record_payload, process_proposal, process_record, select_records, verify_commit,
+)
 from chain.types import Block, CommittedBlock, ProofResult, SignedProposal, SignedRecord, SignedVote
 from node.chainnode import ChainNode, now_ms, run_node
 from node.config import NodeConfig
@@ -67,8 +69,12 @@ class BeaconNode(ChainNode):
     def propose_value(self, height: int, round_: int) -> tuple[bytes, bytes]:
         parent_ts = get_chain_info(self.state).timestamp_ms
         results, sidecar = self.proofs.select(self, self.state)
-        candidates = results + self.pool.select(self.genesis.params.max_records_per_block * 2)
-        records = select_records(self.state, candidates)
+        limit = self.genesis.params.max_records_per_block
+        pooled = self.pool.select(limit)
+        records = select_records(self.state, results + pooled)
+        if len(records) < limit:
+            # every candidate was tried: the ones left out are invalid on this head
+            self.pool.remove([r for r in pooled if r not in records])
         timestamp = min(max(now_ms(), parent_ts + 1), parent_ts + MAX_TIMESTAMP_STEP_MS)
         block = build_block(self.state, self.key, self.vrf_key, round_, timestamp, records)
         self._sidecars[block.hash()] = sidecar
@@ -181,6 +187,8 @@ class BeaconNode(ChainNode):
     # ------------------------------------------------------------------ gossip
 
     def validate_gossip(self, inner) -> Verdict:
+        if isinstance(inner, RecordMsg):
+            return self._check_record(inner.record)
         if isinstance(inner, (ProposalMsg, VoteMsg)):
             signer = inner.proposal.proposal.proposer if isinstance(inner, ProposalMsg) else inner.vote.vote.validator
             return Verdict.ACCEPT if self.consensus.is_validator(signer) else Verdict.REJECT
@@ -204,6 +212,19 @@ class BeaconNode(ChainNode):
                     self.proofs.add(inner)
         except InvalidMessage as exc:
             log.info("dropping consensus message from %s: %s", peer.hex()[:16] if peer else "self", exc)
+
+    def _check_record(self, record: SignedRecord) -> Verdict:
+        """Pool and forward only records valid on the current head: a bad signature blames
+        the sender; a record merely not valid (yet) is dropped without blame."""
+        if isinstance(record.record, ProofResult):
+            return Verdict.REJECT       # only proposers write verdicts, from the proof pool
+        try:
+            process_record(Overlay(self.state), self.height + 1, record, get_record_payload(record.record))
+        except BadRecordSignature:
+            return Verdict.REJECT
+        except InvalidBlock:
+            return Verdict.IGNORE
+        return Verdict.ACCEPT
 
     def lookup_proof(self, challenge_id: bytes):
         data = self.store.get_proof(challenge_id)

@@ -65,7 +65,8 @@ class PeerDashboard:
         return {
             "role": "peer", "node_id": node.me.hex(), "chain_id": node.genesis.chain_id,
             "head_height": node.height, "syncing": node.syncer.is_syncing,
-            "disk": {"allocated": node.cfg.capacity, "used": used, "free": disk.free},
+            "disk": {"allocated": node.cfg.capacity, "used": used,
+                     "free": max(0, min(node.cfg.capacity - used, disk.free))},  # free of the allocation
             "shards": self._shards(),
             "challenges": {"answered": node.challenge_stats["answered"],
                            "passed": getattr(peer, "proofs_passed", 0) if peer else 0,

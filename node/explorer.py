@@ -20,7 +20,7 @@ from chain.state import (
     get_shard_holders, get_validators, iter_prefix,
 )
 from chain.transition import get_record_payload, process_record
-from chain.types import INVALID, MISS, PASS, Block, ProofResult, Publish, SignedRecord
+from chain.types import CLAIM, DROP, INVALID, MISS, PASS, Block, Holding, ProofResult, Publish, SignedRecord
 from node.cli import get_version
 from node.web.api import make_web_app
 from node.web.provider import BadRequest, Metric, NotFound
@@ -170,6 +170,10 @@ class BeaconExplorer:
             item = {"kind": type(rec).__name__, **hexify(rec), "signature": signed.signature.hex()}
             if isinstance(rec, Publish):
                 item["torrent_bytes"] = len(rec.torrent)
+            elif isinstance(rec, Holding):  # enums as lowercase words (docs/api.md)
+                item["action"] = {CLAIM: "claim", DROP: "drop"}.get(rec.action, str(rec.action))
+            elif isinstance(rec, ProofResult):
+                item["verdict"] = {PASS: "pass", MISS: "miss", INVALID: "invalid"}.get(rec.verdict, str(rec.verdict))
             records.append(item)
         return {**self._block_summary(block), "chain_id": h.chain_id, "parent_hash": h.parent_hash.hex(),
                 "vrf_proof": h.vrf_proof.hex(), "state_root": h.state_root.hex(), "body_root": h.body_root.hex(),

@@ -27,7 +27,7 @@ class KV(Protocol):
     def put(self, key: bytes, value: bytes) -> None: ...
     def delete(self, key: bytes) -> None: ...
     def iterate(self, prefix: bytes = b"", *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]: ...
-    def write_batch(self, ops: "BatchOps") -> None: ...
+    def write_batch(self, ops: "BatchOps", *, durable: bool = True) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,7 +81,7 @@ class MemoryKV:
         for k in keys:
             yield k, self._data[k]
 
-    def write_batch(self, ops: BatchOps) -> None:
+    def write_batch(self, ops: BatchOps, *, durable: bool = True) -> None:
         for key, value in ops.ops:
             if value is None:
                 self.delete(key)
@@ -116,8 +116,11 @@ class LevelDBKV:
         with self._db.iterator(prefix=prefix, reverse=reverse) as it:
             yield from it
 
-    def write_batch(self, ops: BatchOps) -> None:
-        with self._db.write_batch(sync=self._sync) as wb:
+    def write_batch(self, ops: BatchOps, *, durable: bool = True) -> None:
+        """Atomic either way; durable=False skips the fsync. LevelDB's log is sequential,
+        so the next durable write makes every earlier one durable too: a crash can lose
+        only the tail of non-durable writes, never leave a torn batch."""
+        with self._db.write_batch(sync=self._sync and durable) as wb:
             for key, value in ops.ops:
                 if value is None:
                     wb.delete(key)

@@ -286,7 +286,7 @@ def _mutate(data: bytes, ops: list[tuple[int, int, int]]) -> bytes:
     return bytes(out)
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 64), 1 << 64), st.binary(max_size=40),
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1), st.binary(max_size=40),
                      st.text(max_size=20), st.floats(allow_nan=False))
 _msgpack_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=6), max_leaves=20)
 
