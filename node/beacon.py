@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from pathlib import Path
 
 from aiohttp import web
@@ -22,7 +23,7 @@ from chain.consensus import (
 from chain.constants import MAX_FUTURE_DRIFT_MS, MAX_TIMESTAMP_STEP_MS
 from chain.errors import BadRecordSignature, ChainError, CodecError, InvalidBlock
 from chain.proofs import ProofAnswer
-from chain.state import Overlay, State, get_chain_info, get_collection, get_validators
+from chain.state import Overlay, State, get_chain_info, get_collection, get_peer, get_validators
 from chain.transition import (
     build_block, get_proposer, get_record_payload, process_proposal, process_record, select_records, verify_commit,
 )
@@ -41,6 +42,7 @@ POOL_MAX_AGE_MS = 10 * 60 * 1000
 MAX_VALID_CACHE = 32
 RESEND_EVERY_S = 2.0
 PRUNE_EVERY_BLOCKS = 100
+REPUTATION_POINTS = 500
 
 
 class BeaconNode(ChainNode):
@@ -63,6 +65,7 @@ class BeaconNode(ChainNode):
         self._timers: list[asyncio.TimerHandle] = []
         self.validator_seen_ms: dict[bytes, int] = {}
         self._last_resend = 0.0
+        self._rep_history: dict[bytes, deque] = {}
 
     # ------------------------------------------------------------------ consensus app
 
@@ -154,6 +157,7 @@ class BeaconNode(ChainNode):
             self.proofs.remove(proofs)
 
     def on_new_head(self, committed: CommittedBlock) -> None:
+        self._record_reputations()
         self._valid.clear()
         self._sidecars.clear()
         self.proofs.remove([s.record.challenge_id for s in committed.block.body if isinstance(s.record, ProofResult)])
@@ -268,7 +272,18 @@ class BeaconNode(ChainNode):
         return {s.index: self.tracker.get_assigned(info_hash, s.index) for s in coll.shards} if coll else {}
 
     def reputation_history(self, peer: bytes) -> list[dict]:
-        return []
+        return [{"height": h, "reputation_ppm": r} for h, r in self._rep_history.get(peer, ())]
+
+    def _record_reputations(self) -> None:
+        """Keep each peer's reputation whenever a block changes it (explorer chart; in
+        memory, from this beacon's start)."""
+        for key, _ in self.state.diff:
+            if key.startswith(b"peer/"):
+                peer = get_peer(self.state, key[5:])
+                if peer is not None:
+                    hist = self._rep_history.setdefault(key[5:], deque(maxlen=REPUTATION_POINTS))
+                    if not hist or hist[-1][1] != peer.reputation_ppm:
+                        hist.append((self.height, peer.reputation_ppm))
 
     # ------------------------------------------------------------------ lifecycle
 

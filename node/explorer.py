@@ -216,26 +216,12 @@ class BeaconExplorer:
             coll = get_collection(self.node.state, ref.collection)
             if coll is not None and ref.shard < len(coll.shards):
                 used += coll.shards[ref.shard].length
-        stats = self._proof_stats().get(peer_id, {"passed": 0, "missed": 0, "failed": 0})
         return {"id": peer_id.hex(), "status": STATUS_NAMES.get(peer.status, "unknown"),
                 "reputation_ppm": peer.reputation_ppm, "capacity": peer.capacity, "used_bytes": used,
                 "holdings": len(holdings), "bt_address": peer.bt_address, "api_address": peer.api_address,
-                "proofs_passed": stats["passed"], "proofs_missed": stats["missed"], "proofs_failed": stats["failed"],
+                "proofs_passed": peer.proofs_passed, "proofs_missed": peer.proofs_missed,
+                "proofs_failed": peer.proofs_failed,
                 "joined_height": peer.registered_height}
-
-    def _proof_stats(self) -> dict[bytes, dict[str, int]]:
-        cache = self._summary.get("_proof_stats") if self._cache_hash == self.node.state.head_hash else None
-        if cache is not None:
-            return cache
-        stats: dict[bytes, dict[str, int]] = {}
-        for block in self._recent_blocks():
-            for signed in block.body:
-                rec = signed.record
-                if isinstance(rec, ProofResult):
-                    s = stats.setdefault(rec.peer, {"passed": 0, "missed": 0, "failed": 0})
-                    s[VERDICT_NAMES.get(rec.verdict, "failed")] += 1
-        self.summary()["_proof_stats"] = stats
-        return stats
 
     def peers(self, status: str | None, offset: int, limit: int) -> dict[str, Any]:
         items = [(pid, p) for pid, p in self._peers() if status is None or STATUS_NAMES.get(p.status) == status]
@@ -375,11 +361,12 @@ class BeaconExplorer:
         epoch = self.node.genesis.params.epoch_blocks
         out = [Metric("beacon_finalized_epoch", "gauge", "Epoch of the last finalized block.", self.node.height // epoch)]
         totals = {"passed": 0, "missed": 0, "failed": 0}
-        for s in self._proof_stats().values():
-            for k in totals:
-                totals[k] += s[k]
+        for _, peer in self._peers():
+            totals["passed"] += peer.proofs_passed
+            totals["missed"] += peer.proofs_missed
+            totals["failed"] += peer.proofs_failed
         for k, v in totals.items():
-            out.append(Metric("cairn_proofs_total", "counter", "Proof verdicts in recent blocks.", v, {"verdict": k}))
+            out.append(Metric("cairn_proofs_total", "counter", "Final proof verdicts over the registered peers.", v, {"verdict": k}))
         out.append(Metric("cairn_record_pool_size", "gauge", "Signed records waiting for a block.", len(self.node.pool)))
         out.append(Metric("cairn_connected_links", "gauge", "Open /p2p links.", len(self.node.transport.peers())))
         return out

@@ -314,6 +314,10 @@ class _Torrent:
     flushing: list[tuple[int, PieceSet]] = field(default_factory=list)
     flush_requested: int = 0
     flush_done: int = 0
+    # Our own record of the piece priorities we set. libtorrent applies priority changes
+    # asynchronously, so reading them back right after a change can return the old ones;
+    # building on a stale read would silently un-want a shard being fetched.
+    prios: list[int] = field(default_factory=list)
 
 
 class TorrentSession:
@@ -462,7 +466,7 @@ class TorrentSession:
         # The paused handle is the authority on what is held and wanted (resume data of a
         # seed may leave these fields empty); the resume data supplies everything else.
         have = list(self._have_bits(t)) or [False] * n
-        prios = list(t.handle.get_piece_priorities())
+        prios = list(t.prios) or list(t.handle.get_piece_priorities())
         fprios = list(t.handle.get_file_priorities())
         for p in drop:
             have[p] = False
@@ -649,12 +653,13 @@ class TorrentSession:
             if Path(t.save_path) != save_path:
                 raise SessionError(f"torrent {key} is already held under {t.save_path}")
             self._await_loaded(t, 30.0)
-            prios = list(t.handle.get_piece_priorities())
+            prios = list(t.prios) or list(t.handle.get_piece_priorities())
             if any(prios[p] == 0 for p in want):
                 for p in want:
                     prios[p] = max(prios[p], 1)
                 self._open_files(t, ti, prios)
                 t.handle.prioritize_pieces(prios)
+                t.prios = prios
             for host, port in peers:
                 t.handle.connect_peer((host, int(port)))
         self._watch(key, t, want)
@@ -708,6 +713,7 @@ class TorrentSession:
         key = _key(ti.info_hashes())
         self._removed.discard(key)
         t = _Torrent(handle, ti, Path(atp.save_path))
+        t.prios = list(atp.piece_priorities) if len(atp.piece_priorities) else []
         self._torrents[key] = t
         return t
 
