@@ -4,7 +4,7 @@ Field order is the encoding order (chain/codec.py); changing it changes every ha
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from chain.codec import Hash32, Len, MaxLen, PubKey, Signature, Tagged, encode

@@ -21,13 +21,13 @@ from chain.consensus import (
     Tendermint,
 )
 from chain.constants import MAX_FUTURE_DRIFT_MS, MAX_TIMESTAMP_STEP_MS
-from chain.errors import BadRecordSignature, ChainError, CodecError, InvalidBlock
+from chain.errors import BadRecordSignature, CodecError, InvalidBlock
 from chain.proofs import ProofAnswer
 from chain.state import Overlay, State, get_chain_info, get_collection, get_peer, get_validators
 from chain.transition import (
     build_block, get_proposer, get_record_payload, process_proposal, process_record, select_records, verify_commit,
 )
-from chain.types import Block, CommittedBlock, ProofResult, SignedProposal, SignedRecord, SignedVote
+from chain.types import Block, CommittedBlock, ProofResult, SignedProposal, SignedRecord
 from node.chainnode import ChainNode, now_ms, run_node
 from node.config import NodeConfig
 from node.gossip import Verdict

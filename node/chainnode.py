@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -31,9 +30,9 @@ from chain.types import CommittedBlock, Publish
 from node.config import NodeConfig, parse_address
 from node.gossip import Gossip, GossipPeerBanned, PeerBook, Verdict
 from node.messages import (
-    MAX_GET_BLOCKS, PROTOCOL_VERSION, ROLE_BEACON, ROLE_PEER, Blocks, ErrorMsg, GetBlocks, GetPeers, GetProof, GossipEnvelope,
-    MAX_FRAME_BYTES, Hello, MessageError, Peers, ProofReply, ProtocolError, Status, decode_message,
-    encode_message,
+    MAX_FRAME_BYTES, MAX_GET_BLOCKS, PROTOCOL_VERSION, ROLE_BEACON, ROLE_PEER, Blocks, ErrorMsg, GetBlocks,
+    GetPeers, GetProof, GossipEnvelope, Hello, Peers, ProofMsg, ProofReply, ProtocolError, Status,
+    decode_message, encode_message,
 )
 from node.sync import BadBlocksReply, Syncer, serve_get_blocks
 from node.link import LinkConfig
@@ -188,7 +187,16 @@ class ChainNode:
     def publish(self, inner) -> None:
         """Flood a message we originate (it is also marked seen here)."""
         for peer, env in self.gossip.publish(inner, now_ms()):
-            self.send(peer, env)
+            if self.wants(peer, inner):
+                self.send(peer, env)
+
+    def wants(self, peer: bytes, inner) -> bool:
+        """Proof answers (16 KiB each) only matter to beacons: storage peers never get
+        each other's, which saves bandwidth and hands a lazy peer nothing to replay."""
+        if isinstance(inner, ProofMsg):
+            hello = self.hellos.get(peer)
+            return hello is not None and hello.role == ROLE_BEACON
+        return True
 
     # ------------------------------------------------------------------ receiving
 
@@ -231,7 +239,8 @@ class ChainNode:
             except GossipPeerBanned as exc:
                 raise ProtocolError(str(exc)) from exc
             for to, env in delivery.forwards:
-                self.send(to, env)
+                if self.wants(to, env.inner):
+                    self.send(to, env)
             if delivery.deliver:
                 self.on_gossip(peer, msg.inner)
         elif isinstance(msg, Hello):

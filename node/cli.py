@@ -25,7 +25,7 @@ from pathlib import Path
 
 from chain.errors import ChainError
 from chain.keys import ensure_private_dir, new_keys
-from node.config import CONFIG_FILE, GENESIS_FILE, ConfigError, NodeConfig, load_config, parse_size, save_config
+from node.config import CONFIG_FILE, GENESIS_FILE, ConfigError, NodeConfig, load_config, save_config
 
 
 def get_version() -> str:

@@ -22,7 +22,6 @@ from chain.constants import KIND_RECORD
 from chain.keys import NODE_KEY_FILE, load_keys, new_keys
 from chain.types import Publish, Record, SignedRecord
 from storage.collection import create_collection, parse_torrent
-from storage.errors import StorageError
 from storage.merkle import pieces_root
 
 POLL_S = 1.0

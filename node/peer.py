@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from aiohttp import web
 
-from chain.codec import encode
 from chain.proofs import make_proof_answer
 from chain.state import (
     ACTIVE, EXCLUDED, LEFT, SUSPENDED, get_challenge_from_entry, get_collection, get_last_seq, get_open_challenges_for_peer,
@@ -31,6 +28,7 @@ from node.config import NodeConfig, parse_address
 from node.messages import ROLE_PEER, ProofMsg, RecordMsg
 from storage.collection import shard_leaf_to_file_leaf, shard_pieces
 from storage.errors import StorageError
+from storage.merkle import BLOCK_SIZE
 from storage.index import LocalIndex, ShardState
 from storage.proof import build_proof, read_piece
 from storage.torrent import HashFailed, ShardComplete, TorrentSession
@@ -214,25 +212,32 @@ class PeerNode(ChainNode):
         for cid in [c for c, h in self.answered.items() if h < height - 1000]:
             del self.answered[cid]
 
-    def build_answer(self, challenge_id: bytes, entry):
-        meta = self.collection_meta(entry.collection)
-        rec = self.index.get(entry.collection.hex(), entry.shard)
+    def held_shard(self, info_hash: bytes, index: int):
+        """(meta, shard, index record) of a shard we hold on disk, or None."""
+        meta = self.collection_meta(info_hash)
+        rec = self.index.get(info_hash.hex(), index)
         if meta is None or rec is None or rec.state not in (ShardState.HELD, ShardState.DROPPING):
             return None
-        shard = meta.shards[entry.shard]
-        file_index, file_leaf = shard_leaf_to_file_leaf(meta, shard, entry.leaf)
-        file = meta.files[file_index]
-        piece_in_file = file_leaf * 16384 // meta.piece_length
-        path = self.data_dir / meta.name / file.path
+        return meta, meta.shards[index], rec
+
+    def read_leaf_piece(self, meta, shard, leaf: int) -> bytes:
+        """The one piece (from disk) that holds leaf `leaf` of `shard`."""
+        file_index, file_leaf = shard_leaf_to_file_leaf(meta, shard, leaf)
+        path = self.data_dir / meta.name / meta.files[file_index].path
+        return read_piece(path, file_leaf * BLOCK_SIZE // meta.piece_length, meta.piece_length)
+
+    def build_answer(self, challenge_id: bytes, entry):
+        held = self.held_shard(entry.collection, entry.shard)
+        if held is None:
+            return None
+        meta, shard, rec = held
         try:
-            piece = read_piece(path, piece_in_file, meta.piece_length)
-            proof = build_proof(meta, shard, entry.leaf, piece)
+            proof = build_proof(meta, shard, entry.leaf, self.read_leaf_piece(meta, shard, entry.leaf))
         except StorageError as exc:
             log.error("cannot prove shard %s/%d: %s; marking it lost", rec.info_hash[:12], entry.shard, exc)
             self.index.mark_lost(rec.info_hash, entry.shard, str(exc)[:200], now_ms())
             return None
-        challenge = get_challenge_from_entry(challenge_id, entry)
-        return make_proof_answer(self.key, self.chain_id, challenge, proof)
+        return make_proof_answer(self.key, self.chain_id, get_challenge_from_entry(challenge_id, entry), proof)
 
     # ------------------------------------------------------------------ torrent events
 

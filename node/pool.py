@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from chain.codec import encode
 from chain.crypto import sha256
-from chain.errors import ChainError
 from chain.types import SignedRecord
 
 MAX_POOL_RECORDS = 20_000

@@ -8,15 +8,13 @@ verified holders; then it keeps running until Ctrl-C (or exits with
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
-from tools.testnet import Network, run_cairn, wait_for
-
+from tools.testnet import Network, wait_for
 DEMO_PARAMS = {"block_interval_ms": 1000, "epoch_blocks": 4, "proof_deadline_blocks": 4, "proof_retries": 1,
                "reputation_alpha_ppm": 500_000, "grace_period_blocks": 10, "max_shard_bytes": 1 << 20}
 

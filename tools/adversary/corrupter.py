@@ -18,11 +18,10 @@ import os
 from chain.proofs import make_proof_answer
 from chain.state import get_challenge_from_entry
 from node.peer import PeerNode
-from storage.collection import CollectionMeta, Shard, shard_first_leaf, shard_leaf_to_file_leaf
+from storage.collection import CollectionMeta, Shard, shard_first_leaf
 from storage.errors import StorageError
-from storage.index import ShardState
 from storage.merkle import BLOCK_SIZE, blocks_per_piece, ceil_log2, compute_leaf_hashes, sibling_path
-from storage.proof import Proof, _layer_levels, read_piece
+from storage.proof import Proof, _layer_levels
 from tools.adversary import is_verified_holder, make_main, run_module
 
 log = logging.getLogger("cairn.adversary.corrupter")
@@ -67,11 +66,10 @@ class CorrupterPeer(PeerNode):
     def build_answer(self, challenge_id: bytes, entry):
         if not is_verified_holder(self, entry.collection, entry.shard):
             return super().build_answer(challenge_id, entry)
-        meta = self.collection_meta(entry.collection)
-        rec = self.index.get(entry.collection.hex(), entry.shard)
-        if meta is None or rec is None or rec.state not in (ShardState.HELD, ShardState.DROPPING):
+        held = self.held_shard(entry.collection, entry.shard)
+        if held is None:
             return None
-        shard = meta.shards[entry.shard]
+        meta, shard, rec = held
         file = meta.files[shard.file_index]
         path = self.data_dir / meta.name / file.path
         offset = shard_first_leaf(file, shard, meta.piece_length) * BLOCK_SIZE
@@ -81,8 +79,7 @@ class CorrupterPeer(PeerNode):
                 self.corrupted.add((rec.info_hash, entry.shard))
                 log.warning("ADVERSARY corrupter: flipped %d bytes of shard %s/%d on disk (%s)",
                             n, rec.info_hash[:12], entry.shard, file.path)
-            _, file_leaf = shard_leaf_to_file_leaf(meta, shard, entry.leaf)
-            piece = read_piece(path, file_leaf * BLOCK_SIZE // meta.piece_length, meta.piece_length)
+            piece = self.read_leaf_piece(meta, shard, entry.leaf)
         except (OSError, StorageError) as exc:
             log.error("cannot read shard %s/%d: %s", rec.info_hash[:12], entry.shard, exc)
             return None

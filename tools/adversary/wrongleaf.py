@@ -15,10 +15,9 @@ import logging
 from chain.proofs import make_proof_answer
 from chain.state import get_challenge_from_entry
 from node.peer import PeerNode
-from storage.collection import leaf_count, shard_leaf_to_file_leaf
+from storage.collection import leaf_count
 from storage.errors import StorageError
-from storage.index import ShardState
-from storage.proof import build_proof, read_piece
+from storage.proof import build_proof
 from tools.adversary import is_verified_holder, make_main, run_module
 
 log = logging.getLogger("cairn.adversary.wrongleaf")
@@ -28,19 +27,13 @@ class WrongLeafPeer(PeerNode):
     def build_answer(self, challenge_id: bytes, entry):
         if not is_verified_holder(self, entry.collection, entry.shard):
             return super().build_answer(challenge_id, entry)
-        meta = self.collection_meta(entry.collection)
-        rec = self.index.get(entry.collection.hex(), entry.shard)
-        if meta is None or rec is None or rec.state not in (ShardState.HELD, ShardState.DROPPING):
+        held = self.held_shard(entry.collection, entry.shard)
+        if held is None:
             return None
-        shard = meta.shards[entry.shard]
-        n = leaf_count(shard)
-        other = (entry.leaf + 1) % n
-        file_index, file_leaf = shard_leaf_to_file_leaf(meta, shard, other)
-        file = meta.files[file_index]
-        path = self.data_dir / meta.name / file.path
+        meta, shard, rec = held
+        other = (entry.leaf + 1) % leaf_count(shard)
         try:
-            piece = read_piece(path, file_leaf * 16384 // meta.piece_length, meta.piece_length)
-            proof = build_proof(meta, shard, other, piece)
+            proof = build_proof(meta, shard, other, self.read_leaf_piece(meta, shard, other))
         except StorageError as exc:
             log.error("cannot read shard %s/%d: %s", rec.info_hash[:12], entry.shard, exc)
             return None
