@@ -228,9 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from node.client import ClientError
+    from storage.errors import StorageError
     try:
         return args.func(args)
-    except (ChainError, ConfigError) as exc:
+    except (ChainError, ConfigError, ClientError, StorageError, OSError) as exc:
         print(f"cairn: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -98,6 +98,8 @@ def publish(directory: Path, *, name: str | None, target: int, beacon: str, data
             seed_until_target: bool, bt_listen: str = "127.0.0.1:0", timeout_s: float = 600) -> int:
     from storage.torrent import TorrentSession
 
+    if not Path(directory).is_dir():
+        raise ClientError(f"{directory} is not a directory")
     key = load_or_create_key(datadir)
     status = get_json(beacon, "/api/status")
     total = sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file()) if Path(directory).is_dir() else 0
