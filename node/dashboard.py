@@ -42,6 +42,8 @@ class PeerDashboard:
             have, total, down, up = (node.torrents.progress(rec.info_hash, rec.pieces)
                                      if rec.info_hash in torrents else (0, len(rec.pieces), 0, 0))
             progress = have / total if total else 0.0
+            if have == total:
+                down = 0   # libtorrent's rate is per torrent: only a shard still downloading shows it
             remaining = rec.size * (1 - progress)
             out.append({"collection": rec.info_hash, "name": coll.name if coll else "", "shard": rec.shard,
                         "state": self._shard_state(rec), "bytes": rec.size, "progress": progress,
