@@ -83,9 +83,18 @@ def cmd_genesis(args: argparse.Namespace) -> int:
             raise ConfigError(f"unknown genesis parameter {key!r}")
         params = replace(params, **{key: int(value)})
     datadirs = [Path(d) for d in args.validator]
+    given = {item.partition("=")[0] for item in args.param or []}
+    if "randomness_mix_blocks" not in given:
+        # challenge seeds mix at least f+1 blocks, so no f validators can predict them
+        f = (len(datadirs) + 2) // 3 - 1
+        params = replace(params, randomness_mix_blocks=max(params.randomness_mix_blocks, f + 1))
     addresses = [load_config(d).listen for d in datadirs]
     genesis_time = args.genesis_time_ms if args.genesis_time_ms is not None else int(time.time() * 1000)
-    genesis = make_genesis_from_key_dirs(args.chain_id, datadirs, addresses, params, genesis_time)
+    try:
+        publishers = tuple(bytes.fromhex(k) for k in args.publisher or [])
+    except ValueError as exc:
+        raise ConfigError(f"--publisher takes a hex public key: {exc}") from exc
+    genesis = make_genesis_from_key_dirs(args.chain_id, datadirs, addresses, params, genesis_time, publishers)
     save_genesis(genesis, Path(args.out))
     print(f"wrote {args.out}: chain {genesis.chain_id}, {len(genesis.validators)} validators, hash {genesis.hash().hex()}")
     return 0
@@ -178,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chain-id", default="cairn-local")
     gen.add_argument("--validator", action="append", default=[], help="a validator's data dir (repeat)")
     gen.add_argument("--param", action="append", help="override a parameter: name=int")
+    gen.add_argument("--publisher", action="append",
+                     help="hex public key allowed to publish (repeat); none given: anyone may publish")
     gen.add_argument("--genesis-time-ms", type=int)
     gen.add_argument("--out", default=GENESIS_FILE)
     gen.set_defaults(func=cmd_genesis)
