@@ -13,6 +13,8 @@ non-minimal integer or length header, or str-for-bin, is caught there).
 from __future__ import annotations
 
 import dataclasses
+import operator
+import threading
 import types
 import typing
 from dataclasses import dataclass
@@ -60,6 +62,14 @@ def _fail(msg: str) -> typing.NoReturn:
     raise CodecError(msg)
 
 
+# Dataclass encoders are generated as straight-line code (see _compile_dataclass_encoder).
+# For a scalar type this holds a Python expression over a value `{v}` that is true only
+# if the type's encoder would return the value unchanged: the generated code tests it
+# inline and calls the encoder (which then raises with its own message) only when false.
+# The encoders themselves stay the definition; these are fast paths that never decide alone.
+_INLINE_CHECKS: dict[Encoder, str] = {}
+
+
 def _compile_int() -> tuple[Encoder, Decoder]:
     def dec(x: Any) -> int:
         if type(x) is not int:
@@ -70,6 +80,7 @@ def _compile_int() -> tuple[Encoder, Decoder]:
         if type(x) is not int or not INT_MIN <= x <= INT_MAX:
             _fail(f"cannot encode {x!r} as int")
         return x
+    _INLINE_CHECKS[enc] = f"type({{v}}) is int and {INT_MIN} <= {{v}} <= {INT_MAX}"
     return enc, dec
 
 
@@ -78,6 +89,7 @@ def _compile_bool() -> tuple[Encoder, Decoder]:
         if type(x) is not bool:
             _fail(f"expected bool, got {type(x).__name__}")
         return x
+    _INLINE_CHECKS[check] = "type({v}) is bool"
     return check, check
 
 
@@ -90,6 +102,19 @@ def _compile_bytes(exact: int | None, maximum: int | None) -> tuple[Encoder, Dec
         if maximum is not None and len(x) > maximum:
             _fail(f"bytes too long: {len(x)} > {maximum}")
         return x
+
+    # Hashes and keys, the most frequent fields, get a check of one line.
+    def check_exact(x: Any) -> bytes:
+        if type(x) is not bytes or len(x) != exact:
+            return check(x)  # raises, with check's message
+        return x
+
+    if exact is not None and maximum is None:
+        _INLINE_CHECKS[check_exact] = f"type({{v}}) is bytes and len({{v}}) == {exact}"
+        return check_exact, check_exact
+    if exact is None:
+        limit = "" if maximum is None else f" and len({{v}}) <= {maximum}"
+        _INLINE_CHECKS[check] = "type({v}) is bytes" + limit
     return check, check
 
 
@@ -97,9 +122,12 @@ def _compile_str(maximum: int) -> tuple[Encoder, Decoder]:
     def check(x: Any) -> str:
         if type(x) is not str:
             _fail(f"expected str, got {type(x).__name__}")
-        if len(x.encode("utf-8", "surrogatepass")) > maximum:
+        # A code point is at most 4 bytes of UTF-8 (a lone surrogate 3): a string of at
+        # most maximum // 4 code points fits without encoding it to count its bytes.
+        if len(x) * 4 > maximum and len(x.encode("utf-8", "surrogatepass")) > maximum:
             _fail(f"string too long (> {maximum} bytes)")
         return x
+    _INLINE_CHECKS[check] = f"type({{v}}) is str and len({{v}}) * 4 <= {maximum}"
     return check, check
 
 
@@ -111,14 +139,14 @@ def _compile_tuple(item: Any, maximum: int) -> tuple[Encoder, Decoder]:
             _fail(f"expected tuple, got {type(x).__name__}")
         if len(x) > maximum:
             _fail(f"too many items: {len(x)} > {maximum}")
-        return [ienc(v) for v in x]
+        return list(map(ienc, x))
 
     def dec(x: Any) -> tuple:
         if type(x) is not list:
             _fail(f"expected array, got {type(x).__name__}")
         if len(x) > maximum:
             _fail(f"too many items: {len(x)} > {maximum}")
-        return tuple(idec(v) for v in x)
+        return tuple(map(idec, x))
     return enc, dec
 
 
@@ -132,24 +160,50 @@ def _compile_dataclass(cls: type) -> tuple[Encoder, Decoder]:
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
     codecs = [compile_type(hints[f.name]) for f in fields]
-    encs = [c[0] for c in codecs]
     decs = [c[1] for c in codecs]
     n = len(fields)
     cname = cls.__name__
-
-    def enc(x: Any) -> list:
-        if type(x) is not cls:
-            _fail(f"expected {cname}, got {type(x).__name__}")
-        return [e(getattr(x, name)) for e, name in zip(encs, names)]
 
     def dec(x: Any) -> Any:
         if type(x) is not list or len(x) != n:
             _fail(f"{cname}: expected array of {n} fields")
         try:
-            return cls(*[d(v) for d, v in zip(decs, x)])
+            return cls(*map(operator.call, decs, x))
         except CodecError as exc:
             raise CodecError(f"{cname}: {exc}") from None
-    return enc, dec
+    return _compile_dataclass_encoder(cls, names, [c[0] for c in codecs]), dec
+
+
+def _compile_dataclass_encoder(cls: type, names: list[str], encs: list[Encoder]) -> Encoder:
+    """The array of the fields' encodings, in order. Encoding every record and state value
+    is the hot path of block processing, so this is generated as straight-line code:
+
+        def enc(x):
+            if type(x) is not cls: fail_type(x)
+            v0 = x.name0
+            if not (<inline check of v0>): v0 = e0(v0)   # or just v0 = e0(v0)
+            ...
+            return [v0, ...]
+
+    which computes exactly [e(getattr(x, name)) for e, name in zip(encs, names)]."""
+    lines = ["def enc(x):", "    if type(x) is not cls:", "        fail_type(x)"]
+    for i, (name, field_enc) in enumerate(zip(names, encs)):
+        lines.append(f"    v{i} = x.{name}")
+        check = _INLINE_CHECKS.get(field_enc)
+        if check is None:
+            lines.append(f"    v{i} = e{i}(v{i})")
+        else:
+            lines.append(f"    if not ({check.format(v=f'v{i}')}):")
+            lines.append(f"        v{i} = e{i}(v{i})")
+    lines.append(f"    return [{', '.join(f'v{i}' for i in range(len(names)))}]")
+
+    def fail_type(x: Any) -> typing.NoReturn:
+        _fail(f"expected {cls.__name__}, got {type(x).__name__}")
+
+    namespace: dict[str, Any] = {"cls": cls, "fail_type": fail_type}
+    namespace.update((f"e{i}", field_enc) for i, field_enc in enumerate(encs))
+    exec(compile("\n".join(lines), f"<encoder of {cls.__qualname__}>", "exec"), namespace)
+    return namespace["enc"]
 
 
 def _compile_tagged(members: tuple[type, ...]) -> tuple[Encoder, Decoder]:
@@ -237,13 +291,37 @@ def from_wire(tree: Any, tp: type[T]) -> T:
     return compile_type(tp)[1](tree)
 
 
+_packers = threading.local()
+
+
+def get_packer() -> msgpack.Packer:
+    # msgpack.packb(tree, use_bin_type=True) is Packer(use_bin_type=True).pack(tree): the
+    # same bytes, but building the Packer costs as much as the packing. One is kept per
+    # thread (a Packer holds a buffer and must not be shared); it resets after each pack.
+    try:
+        return _packers.packer
+    except AttributeError:
+        _packers.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        return _packers.packer
+
+
 def pack_tree(tree: Any) -> bytes:
-    return msgpack.packb(tree, use_bin_type=True)
+    return get_packer().pack(tree)
 
 
 def encode(value: Any, tp: Any = None) -> bytes:
     """The canonical bytes of a value."""
     return pack_tree(to_wire(value, tp))
+
+
+def get_encoder(tp: Any) -> Callable[[Any], bytes]:
+    """encode(·, tp) with the type looked up once: hashing an Annotated type or a union
+    costs more than encoding a small value, so hot paths keep one of these instead."""
+    to_wire_tp = compile_type(tp)[0]
+
+    def encode_tp(value: Any) -> bytes:
+        return pack_tree(to_wire_tp(value))
+    return encode_tp
 
 
 def unpack_tree(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:

@@ -27,12 +27,12 @@ everything unchanged with the previous one. The new State keeps the encoded chan
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chain.challenges import Challenge
-from chain.codec import Hash32, PubKey, decode, encode
+from chain.codec import Hash32, PubKey, decode, get_encoder
 from chain.state_root import EMPTY_TREE, StateTree, compute_leaf_hash, update_tree
 from chain.types import Address, Genesis, Name, ValidatorInfo
 from storage.collection import Shard
@@ -239,8 +239,16 @@ def get_value_type(key: bytes) -> Any:
     return value_type
 
 
+# One encoder per namespace, compiled once: every value a block changes is encoded.
+VALUE_ENCODERS: Mapping[bytes, Callable[[object], bytes]] = {
+    namespace: get_encoder(value_type) for namespace, value_type in VALUE_TYPES.items()}
+
+
 def encode_value(key: bytes, value: object) -> bytes:
-    return encode(value, get_value_type(key))
+    encoder = VALUE_ENCODERS.get(key.split(b"/", 1)[0])
+    if encoder is None:
+        raise KeyError(f"no state namespace for key {key[:24]!r}")
+    return encoder(value)
 
 
 def decode_value(key: bytes, data: bytes) -> object:

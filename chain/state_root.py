@@ -102,6 +102,10 @@ EMPTY_TREE = StateTree(
 
 def update_bucket(bucket: Bucket, changes: Mapping[bytes, bytes | None]) -> Bucket:
     """Set (leaf hash) or remove (None) keys of one bucket."""
+    if len(changes) == 1:
+        # The usual case (a block changes few keys among 4096 buckets): no list copies.
+        (key, leaf), = changes.items()
+        return set_bucket_leaf(bucket, key, leaf)
     keys, leaves = list(bucket.keys), list(bucket.leaves)
     for key in sorted(changes):
         leaf = changes[key]
@@ -118,25 +122,51 @@ def update_bucket(bucket: Bucket, changes: Mapping[bytes, bytes | None]) -> Buck
     return Bucket(tuple(keys), tuple(leaves))
 
 
+def set_bucket_leaf(bucket: Bucket, key: bytes, leaf: bytes | None) -> Bucket:
+    """update_bucket for a single key."""
+    keys, leaves = bucket.keys, bucket.leaves
+    i = bisect.bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        if leaf is None:
+            return Bucket(keys[:i] + keys[i + 1:], leaves[:i] + leaves[i + 1:])
+        return Bucket(keys, leaves[:i] + (leaf,) + leaves[i + 1:])
+    if leaf is None:
+        return bucket
+    return Bucket(keys[:i] + (key,) + keys[i:], leaves[:i] + (leaf,) + leaves[i:])
+
+
 def group_by_bucket(changes: Mapping[bytes, bytes | None]) -> dict[int, dict[bytes, bytes | None]]:
     groups: dict[int, dict[bytes, bytes | None]] = {}
     for key, leaf in changes.items():
-        groups.setdefault(get_bucket_index(key), {})[key] = leaf
+        index = get_bucket_index(key)
+        group = groups.get(index)
+        if group is None:
+            groups[index] = {key: leaf}
+        else:
+            group[key] = leaf
     return groups
 
 
 def update_tree(tree: StateTree, changes: Mapping[bytes, bytes | None]) -> StateTree:
-    """A new tree with keys set to new leaf hashes (None: removed); `tree` is not modified."""
-    groups = group_by_bucket(changes)
+    """A new tree with keys set to new leaf hashes (None: removed); `tree` is not modified.
+    Hashes do not depend on the order dirty entries are visited in, so none is sorted."""
     buckets = list(tree.buckets)
-    levels = [list(level) for level in tree.levels]
-    dirty = sorted(groups)
-    for b in dirty:
-        buckets[b] = update_bucket(buckets[b], groups[b])
-        levels[0][b] = compute_bucket_hash(buckets[b].leaves)
+    bucket_hashes = list(tree.levels[0])
+    groups = group_by_bucket(changes)
+    for b, group in groups.items():
+        bucket = buckets[b] = update_bucket(buckets[b], group)
+        bucket_hashes[b] = compute_bucket_hash(bucket.leaves)
+    levels = [tuple(bucket_hashes)]
+    dirty = groups.keys()
     for depth in range(1, DEPTH + 1):
-        dirty = sorted({i >> STATE_FANOUT_BITS for i in dirty})
-        below = levels[depth - 1]
-        for i in dirty:
-            levels[depth][i] = compute_node_hash(below[i * FANOUT:(i + 1) * FANOUT])
-    return StateTree(tuple(buckets), tuple(tuple(level) for level in levels))
+        dirty = {i >> STATE_FANOUT_BITS for i in dirty}
+        levels.append(update_level(tree.levels[depth], levels[-1], dirty))
+    return StateTree(tuple(buckets), tuple(levels))
+
+
+def update_level(level: tuple[bytes, ...], below: tuple[bytes, ...], dirty: set[int]) -> tuple[bytes, ...]:
+    """`level` with the nodes at the `dirty` indices rehashed from their children in `below`."""
+    nodes = list(level)
+    for i in dirty:
+        nodes[i] = compute_node_hash(below[i * FANOUT:(i + 1) * FANOUT])
+    return tuple(nodes)
