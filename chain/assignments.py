@@ -83,9 +83,15 @@ class TargetTracker:
 
     def apply_block(self, state: State) -> tuple[Assignment, ...]:
         """Feed the changes of the block that produced `state`."""
-        peers = [get_peer_view(state, p) for p in get_changed_peers(state.diff)]
+        changed_peers = get_changed_peers(state.diff)
+        changed_shards = get_changed_shards(state, state.diff)
+        if not changed_peers and not changed_shards and not self.refs:
+            # Nothing changed and the index holds no shard: nothing to fill or rebalance,
+            # so applying no changes would be a no-op (most blocks of a young chain).
+            return ()
+        peers = [get_peer_view(state, p) for p in changed_peers]
         shards = []
-        for info_hash, index in get_changed_shards(state, state.diff):
+        for info_hash, index in changed_shards:
             view = get_shard_view(state, info_hash, index)
             if view is not None:
                 self.refs[view.shard_id] = (info_hash, index)

@@ -50,6 +50,12 @@ TARGETS_META = b"targets/"
 # bounded so a flood of range requests cannot monopolise a beacon's event loop.
 SERVE_BLOCKS_PER_S = 2000
 SERVE_BLOCKS_BURST = 4000
+# Sync pipeline: ranges of SYNC_BATCH blocks, up to SYNC_PER_PEER_INFLIGHT outstanding per
+# neighbour, so the next replies are already here while a batch is replayed (one neighbour
+# is enough to keep the replay busy). The reorder window is 2 * batch * max_inflight blocks.
+SYNC_BATCH = 64
+SYNC_MAX_INFLIGHT = 4
+SYNC_PER_PEER_INFLIGHT = 3
 ROLE_NAMES = {ROLE_BEACON: "beacon", ROLE_PEER: "peer"}
 
 
@@ -79,7 +85,8 @@ class ChainNode:
         self.transport = Transport(self.key, self.chain_id, role=ROLE_NAMES[self.role], address=cfg.listen,
                                    config=TransportConfig(link=LinkConfig(max_payload=MAX_FRAME_BYTES)))
         self.gossip = Gossip(seed=int.from_bytes(self.key.public_key[:4], "big"), validate=self.validate_gossip)
-        self.syncer = Syncer(get_height(self.state))
+        self.syncer = Syncer(get_height(self.state), batch=SYNC_BATCH, max_inflight=SYNC_MAX_INFLIGHT,
+                             per_peer_inflight=SYNC_PER_PEER_INFLIGHT)
         self.peerbook = PeerBook(own_address=cfg.listen, own_key=self.key.public_key, bootstrap=cfg.bootstrap)
         self.hellos: dict[bytes, Hello] = {}
         self.head_event = asyncio.Event()
@@ -128,9 +135,11 @@ class ChainNode:
                      info.height, self.state.head_hash, self.cfg.listen)
 
     def apply_committed(self, committed: CommittedBlock, new_state: State | None = None,
-                        extra_meta: dict[bytes, bytes] | None = None, *, durable: bool = True) -> None:
+                        extra_meta: dict[bytes, bytes] | None = None, *, durable: bool = True,
+                        announce: bool = True) -> None:
         """Verify (unless already done), advance the targets, persist in one batch, then
-        tell everyone."""
+        tell everyone (announce=False: the caller calls announce_head() once for a run of
+        synced blocks instead)."""
         if new_state is None:
             new_state = process_block(self.state, committed.block, committed.commit)
         changed = self.tracker.apply_block(new_state)
@@ -143,6 +152,11 @@ class ChainNode:
         self.state = new_state
         self.syncer.on_applied(get_height(new_state))
         self.on_new_head(committed)
+        if announce:
+            self.announce_head()
+
+    def announce_head(self) -> None:
+        """Tell neighbours (Status), head waiters and the explorer about the current head."""
         self.broadcast_direct(Status(self.height, self.state.head_hash))
         self.head_event.set()
         self.head_event = asyncio.Event()
@@ -285,11 +299,17 @@ class ChainNode:
             ready = self.syncer.on_blocks(peer, msg, now)
         except BadBlocksReply as exc:
             raise ProtocolError(str(exc)) from exc
+        # While catching up, neighbours, head waiters and the explorer hear of the head once
+        # per reply, not once per block: a Status per block would also run into the
+        # neighbour's per-link message rate limit and get this link closed mid-sync.
+        unannounced = False
         for committed in ready:
             if committed.block.header.height != self.height + 1:
                 continue
+            syncing = self.syncer.is_syncing
             try:
-                self.apply_committed(committed, durable=not self.syncer.is_syncing)
+                self.apply_committed(committed, durable=not syncing, announce=not syncing)
+                unannounced = syncing
             except InvalidBlock as exc:
                 blamed = self.syncer.on_apply_failed(committed.block.header.height)
                 log.warning("synced block %d rejected (%s); blaming %s", committed.block.header.height, exc,
@@ -297,6 +317,8 @@ class ChainNode:
                 if blamed:
                     self.transport.disconnect(blamed, "sent an invalid block")
                 break
+        if unannounced:
+            self.announce_head()
         self._request_blocks(now)
 
     def _request_blocks(self, now: int) -> None:

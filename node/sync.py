@@ -254,10 +254,19 @@ class Syncer:
 
     def on_applied(self, height: int) -> None:
         """The shell applied (and stored) the block at `height`, from sync or from consensus."""
-        self._applied = max(self._applied, height)
-        self._delivered = max(self._delivered, self._applied)
-        for h in [h for h in self._handed if h <= self._applied]:
-            del self._handed[h]
+        if height <= self._applied:
+            return
+        previous = self._applied
+        self._applied = height
+        if height - previous <= len(self._handed):
+            for h in range(previous + 1, height + 1):     # the usual case: the next block
+                self._handed.pop(h, None)
+        else:
+            for h in [h for h in self._handed if h <= height]:
+                del self._handed[h]
+        if height <= self._delivered:
+            return      # the buffer and the requests all lie past the delivered height
+        self._delivered = height
         for h in [h for h in self._buffer if h <= self._delivered]:
             del self._buffer[h]
         # Requests made useless by a jump (blocks applied from consensus): free their slots,
