@@ -4,8 +4,8 @@ Key layout (the namespace before the first "/" fixes the value's type, VALUE_TYP
 
     chain                                  ChainInfo: height, timestamp, randomness
     validators                             tuple[ValidatorInfo, ...], from genesis
-    peer/<peer key>                        Peer
-    seq/<author key>                       int: the author's last accepted record seq
+    peer/<peer key>                        Peer (it also holds the peer's last accepted record seq)
+    seq/<author key>                       int: the last accepted record seq of an author that is not a peer
     collection/<info_hash_v2>              Collection
     shard/<info_hash_v2><shard u32>        ShardHolders: who claims / has proven the shard
     holdings/<peer key>                    PeerHoldings: the shards a peer holds, sorted
@@ -65,6 +65,7 @@ class Peer:
     proofs_passed: int = 0           # verdicts on its challenges, for the explorer
     proofs_missed: int = 0
     proofs_failed: int = 0
+    seq: int = 0                     # last accepted record seq of this peer as an author
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +412,13 @@ def get_peer(view: View, peer: bytes) -> Peer | None:
 
 
 def get_last_seq(view: View, author: bytes) -> int:
-    """0 for an author never seen: the first record carries seq >= 1."""
+    """0 for an author never seen: the first record carries seq >= 1.
+
+    A registered peer keeps its seq in its Peer entry (its records then touch one key, not
+    two); any other author (a publisher) keeps it under seq/<author>."""
+    peer = get_peer(view, author)
+    if peer is not None:
+        return peer.seq
     return view.get(get_seq_key(author)) or 0
 
 

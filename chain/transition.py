@@ -514,13 +514,23 @@ def process_record_signature(view: View, signed: SignedRecord, payload: bytes) -
 
 
 def process_record_seq(overlay: Overlay, record: object) -> None:
+    """Check the author's seq and record it where get_last_seq reads it.
+
+    A PeerJoin is only checked here: process_peer_join writes its seq into the Peer it
+    creates or updates, so the peer key is written once and no seq key is made for it."""
     author = get_record_author(record)
     if author is None:
         return
     last = get_last_seq(overlay, author)
     if record.seq <= last:
         raise StaleSeq(f"seq {record.seq} of {author.hex()[:16]} is not above {last}")
-    overlay.put(get_seq_key(author), record.seq)
+    if isinstance(record, PeerJoin):
+        return
+    peer = get_peer(overlay, author)
+    if peer is not None:
+        overlay.put(get_peer_key(author), dataclasses.replace(peer, seq=record.seq))
+    else:
+        overlay.put(get_seq_key(author), record.seq)
 
 
 def process_peer_join(overlay: Overlay, height: int, record: PeerJoin) -> None:
@@ -531,15 +541,21 @@ def process_peer_join(overlay: Overlay, height: int, record: PeerJoin) -> None:
         # The rank key is fixed at first registration, from randomness the peer could not
         # know when it made its key, so nobody can grind a key to capture chosen shards.
         peer = Peer(record.bt_address, record.api_address, record.capacity, ACTIVE, height,
-                    overlay.genesis.params.reputation_start_ppm, height, get_chain_info(overlay).randomness)
+                    overlay.genesis.params.reputation_start_ppm, height, get_chain_info(overlay).randomness,
+                    seq=record.seq)
+        # From now on the seq lives in the Peer: an earlier seq key (the author published
+        # before joining) would be dead weight in the state, so it goes.
+        if overlay.get(get_seq_key(record.peer)) is not None:
+            overlay.delete(get_seq_key(record.peer))
     elif peer.status == EXCLUDED:
         raise PeerNotActive("an excluded peer cannot join again")
     elif peer.status == LEFT:
         peer = dataclasses.replace(peer, bt_address=record.bt_address, api_address=record.api_address,
-                                   capacity=record.capacity, status=ACTIVE, status_height=height)
+                                   capacity=record.capacity, status=ACTIVE, status_height=height, seq=record.seq)
     else:
         peer = dataclasses.replace(peer, bt_address=record.bt_address, api_address=record.api_address,
-                                   capacity=record.capacity)
+                                   capacity=record.capacity, seq=record.seq)
+    # process_record_seq checked record.seq against the last one and left the write to here.
     overlay.put(get_peer_key(record.peer), peer)
 
 

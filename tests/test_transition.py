@@ -280,6 +280,35 @@ def test_stale_seq():
     reject(c, [c.sign(ALICE, peer_join(ALICE, seq=1))], errors.StaleSeq)
 
 
+def test_a_peer_keeps_its_seq_in_its_peer_entry(torrent):
+    c = joined_chain(torrent)
+    assert get_peer(c.state, ALICE.public_key).seq == 2 and get_peer(c.state, BOB.public_key).seq == 1
+    assert list(iter_prefix(c.state, b"seq/")) == []
+    # A join and a later record of the same peer in one block: the join sets the seq, the next builds on it.
+    carol = make_key("carol")
+    c.advance([c.sign(carol, peer_join(carol, seq=5, port=6883)), c.sign(carol, holding(carol, torrent[1], 0, seq=6))])
+    assert get_peer(c.state, carol.public_key).seq == 6 and get_last_seq(c.state, carol.public_key) == 6
+    reject(c, [c.sign(carol, PeerLeave(carol.public_key, 6))], errors.StaleSeq)
+    c.advance([c.sign(carol, PeerLeave(carol.public_key, 7))])
+    reject(c, [c.sign(carol, peer_join(carol, seq=7, port=6883))], errors.StaleSeq)
+    c.advance([c.sign(carol, peer_join(carol, seq=8, port=6883))])
+    assert get_peer(c.state, carol.public_key).seq == 8 and get_peer(c.state, carol.public_key).status == ACTIVE
+    assert list(iter_prefix(c.state, b"seq/")) == [] and c.replay().root == c.state.root
+
+
+def test_a_publisher_that_joins_moves_its_seq_into_its_peer_entry(torrent):
+    carol = make_key("carol")
+    c = TestChain(4)
+    c.advance([c.sign(carol, publish(carol, torrent[0], seq=3))])
+    assert list(iter_prefix(c.state, b"seq/")) == [(b"seq/" + carol.public_key, 3)]
+    assert get_last_seq(c.state, carol.public_key) == 3
+    reject(c, [c.sign(carol, peer_join(carol, seq=3))], errors.StaleSeq)
+    c.advance([c.sign(carol, peer_join(carol, seq=4))])
+    assert list(iter_prefix(c.state, b"seq/")) == [] and get_peer(c.state, carol.public_key).seq == 4
+    reject(c, [c.sign(carol, holding(carol, torrent[1], 0, seq=4))], errors.StaleSeq)
+    assert c.replay().root == c.state.root
+
+
 def test_bad_peer_join(chain):
     reject(chain, [chain.sign(ALICE, dataclasses.replace(peer_join(ALICE), bt_address="no-port"))], errors.BadPeerRecord)
 
