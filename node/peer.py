@@ -36,6 +36,7 @@ from storage.torrent import HashFailed, ShardComplete, TorrentSession
 log = logging.getLogger("cairn.peer")
 
 RESEND_AFTER_BLOCKS = 8        # a record not on chain by then is signed and sent again
+FETCH_STALL_MS = 10_000        # a download with no new piece for this long is restarted
 STATUS_NAMES = {ACTIVE: "active", SUSPENDED: "suspended", EXCLUDED: "excluded", LEFT: "left"}
 
 
@@ -61,6 +62,7 @@ class PeerNode(ChainNode):
         self.challenge_stats = {"answered": 0, "passed": 0, "missed": 0, "failed": 0}
         self._seq = 0
         self._reconcile_scheduled = False
+        self._fetch_progress: dict[tuple[str, int], tuple[int, int]] = {}
 
     # ------------------------------------------------------------------ records
 
@@ -104,20 +106,24 @@ class PeerNode(ChainNode):
         self._reconcile_scheduled = False
         if self.syncer.is_syncing:
             return
+        self.ensure_joined()
+        peer = get_peer(self.state, self.me)
+        if peer is None or peer.status in (EXCLUDED, LEFT):
+            return
+        to_fetch, may_drop = self.tracker.get_tasks(self.me)
+        for info_hash, index in to_fetch:
+            self.guarded(self.start_fetch, info_hash, index)
+        for info_hash, index in may_drop:
+            self.guarded(self.release, info_hash, index)
+        self.guarded(self.settle_local, set(to_fetch))
+        self.guarded(self.answer_challenges)
+
+    def guarded(self, step, *args) -> None:
+        """One shard's storage trouble is logged and must not stop the other steps."""
         try:
-            self.ensure_joined()
-            peer = get_peer(self.state, self.me)
-            if peer is None or peer.status in (EXCLUDED, LEFT):
-                return
-            to_fetch, may_drop = self.tracker.get_tasks(self.me)
-            for info_hash, index in to_fetch:
-                self.start_fetch(info_hash, index)
-            for info_hash, index in may_drop:
-                self.release(info_hash, index)
-            self.settle_local(set(to_fetch))
-            self.answer_challenges()
+            step(*args)
         except StorageError as exc:
-            log.error("storage error while reconciling: %s", exc)
+            log.error("storage error in %s%s: %s", step.__name__, args[:2] if args else "", exc)
 
     def holder_entry(self, info_hash: bytes, index: int):
         return next((h for h in get_shard_holders(self.state, info_hash, index).holders if h.peer == self.me), None)
@@ -137,8 +143,12 @@ class PeerNode(ChainNode):
         rec = self.index.get(ih, index)
         if rec is not None and rec.state in (ShardState.FETCHING, ShardState.HELD):
             if rec.state == ShardState.FETCHING and ih in self.torrents.torrents():
-                self.torrents.add_peers(ih, self.sources(info_hash, index))
+                self.watch_fetch(rec, self.sources(info_hash, index))
             return
+        if rec is not None and rec.state == ShardState.DROPPING:
+            if self.holder_entry(info_hash, index) is not None:
+                return          # our DROP is not final yet: the copy still counts as ours
+            self.drop_local(ih, [index])    # released, and now wanted again: start clean
         meta = self.collection_meta(info_hash)
         if meta is None:
             return
@@ -148,6 +158,21 @@ class PeerNode(ChainNode):
         self.index.begin_fetch(ih, index, pieces, files, str(self.data_dir), shard.length, now_ms())
         self.torrents.fetch(meta.torrent, self.data_dir, pieces, self.sources(info_hash, index))
         log.info("fetching shard %s/%d (%d bytes, %d pieces)", ih[:12], index, shard.length, len(pieces))
+
+    def watch_fetch(self, rec, sources: list[tuple[str, int]]) -> None:
+        """Keep a download moving: dial the holders again, and restart it (with a log line
+        saying what libtorrent looked like) when it made no progress for a while."""
+        now = now_ms()
+        have = self.torrents.progress(rec.info_hash, rec.pieces)[0]
+        last = self._fetch_progress.get((rec.info_hash, rec.shard))
+        if last is None or last[0] != have:
+            self._fetch_progress[(rec.info_hash, rec.shard)] = (have, now)
+            self.torrents.add_peers(rec.info_hash, sources)
+        elif now - last[1] > FETCH_STALL_MS:
+            picture = self.torrents.kick(rec.info_hash, sources)
+            log.warning("fetch of shard %s/%d stalled at %d/%d pieces for %d s; restarted (%s)",
+                        rec.info_hash[:12], rec.shard, have, len(rec.pieces), (now - last[1]) // 1000, picture)
+            self._fetch_progress[(rec.info_hash, rec.shard)] = (have, now)
 
     def settle_local(self, assigned: set[tuple[bytes, int]]) -> None:
         """Bring local shards in line with the chain: claim complete assigned shards, and

@@ -195,6 +195,11 @@ def session_settings(listen_host: str, listen_port: int) -> dict[str, object]:
         # Finished torrents drop peers they have no use for; when a later fetch wants more,
         # the same peers must be dialled again at once, not after the default 60 s.
         "min_reconnect_time": 1,
+        # Keep links between peers that have nothing to trade right now: a shard fetched
+        # later from the same holders then starts at once on the open connection.
+        "close_redundant_connections": False,
+        # Serving is the job here, not tit-for-tat: every interested peer gets unchoked.
+        "unchoke_slots_limit": -1,
         "user_agent": "cairn/0.1",
         "alert_mask": int(_ALERT_MASK),
         "alert_queue_size": 100_000,
@@ -397,6 +402,25 @@ class TorrentSession:
         t = self._get(info_hash)
         for host, port in peers:
             t.handle.connect_peer((host, int(port)))
+
+    def kick(self, info_hash: str, peers: Iterable[Peer]) -> str:
+        """Restart a stalled download: re-assert our piece priorities, bounce the torrent's
+        connections and dial the peers again. Returns what the torrent looked like."""
+        t = self._get(info_hash)
+        st = t.handle.status()
+        wanted = [p for p, prio in enumerate(t.prios) if prio > 0]
+        missing = [p for p in wanted if not (st.pieces and st.pieces[p])]
+        libtorrent_prios = t.handle.get_piece_priorities()
+        lost = [p for p in missing if libtorrent_prios[p] == 0]
+        picture = (f"state={st.state} peers={st.num_peers} seeds={st.num_seeds} missing={missing[:8]} "
+                   f"priority-lost={lost[:8]}")
+        if t.prios:
+            t.handle.prioritize_pieces(t.prios)
+        t.handle.pause()
+        t.handle.resume()
+        for host, port in peers:
+            t.handle.connect_peer((host, int(port)))
+        return picture
 
     def has_pieces(self, info_hash: str, pieces: Iterable[int]) -> bool:
         """True only if every piece is held and passed libtorrent's hash check."""

@@ -173,6 +173,7 @@ def run(tmp_path_factory):
         adversaries = {ids[name]: name for name in ADVERSARIES}
         mon = Monitor(net, honest, adversaries)
         mon.start()
+        wait_for(lambda: mon.first_head is not None, 30, what="the monitor's first poll")
         sample = make_sample_collection(root / "sample")
         started = time.monotonic()
         net.publish(sample, "sample", target=TARGET)
