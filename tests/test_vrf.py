@@ -356,19 +356,11 @@ def test_rejects_unreduced_s(tai):
                 vrf.proof_to_hash(bad)
 
 
-def test_rejects_non_canonical_gamma(tai):
+@pytest.mark.parametrize("bad_gammas", [NON_CANONICAL_ON_CURVE, SMALL_ORDER_POINTS],
+                         ids=["non-canonical", "small-order"])
+def test_rejects_bad_gamma(tai, bad_gammas):
     pk, proof, alpha = _vector(tai)
-    for gamma in NON_CANONICAL_ON_CURVE:
-        bad = gamma + proof[32:]
-        with pytest.raises(VRFError, match="Gamma"):
-            vrf.verify(pk, bad, alpha)
-        with pytest.raises(VRFError, match="Gamma"):
-            vrf.proof_to_hash(bad)
-
-
-def test_rejects_small_order_gamma(tai):
-    pk, proof, alpha = _vector(tai)
-    for gamma in SMALL_ORDER_POINTS:
+    for gamma in bad_gammas:
         bad = gamma + proof[32:]
         with pytest.raises(VRFError, match="Gamma"):
             vrf.verify(pk, bad, alpha)
