@@ -668,9 +668,12 @@ class Targets:
         rows = sorted((-self._views[s].size, s) for s in self._by_peer.get(src, ()))
         for neg_size, shard_id in rows:
             size, view = -neg_size, self._views[shard_id]
-            # Only a shard at exactly target, all verified: the migration is
-            # then the shard's only transfer, and step A keeps it as such.
-            if (shard_id in self._moving or src not in view.verified
+            # Only a shard at exactly target, all verified, with no extra
+            # copy being released: the migration is then the shard's only
+            # transfer, and step A keeps it as such.  (An extra verified copy
+            # would make step A count the migration as already done.)
+            if (shard_id in self._moving or shard_id in self._released
+                    or src not in view.verified
                     or len(self._assigned[shard_id]) != view.target
                     or any(p not in view.verified for p in self._assigned[shard_id])
                     or src not in self._assigned[shard_id]

@@ -294,6 +294,24 @@ def test_rebalance_waits_while_anything_is_below_target():
     assert [a.shard_id for a in changes] == [view.shard_id]
 
 
+
+def test_no_migration_while_extra_copies_are_released():
+    """Found by hypothesis: a shard over target + SLACK keeps one copy and
+    releases the rest; a rebalance that then moved the kept copy would be
+    seen by step A, next block, as already done (the released copies are
+    still verified), so incremental and full disagreed."""
+    peers = [make_peer(i, 6) for i in range(4)]
+    shards = [make_shard(0, 2, target=1), make_shard(1, 1, target=1), make_shard(2, 1, target=1)]
+    t = Targets.full(peers, shards)
+    settle_until_quiet(t)
+    peer_now = {p.peer_id: p for p in peers}
+    holders = tuple(sorted(p.peer_id for p in peers[:3]))
+    apply_and_check(t, peer_now, [], [make_shard(2, 1, target=1, verified=holders)])
+    a = t.get_assignment(shards[2].shard_id)
+    assert len(a.releasable) == 2 and not a.fetching
+    apply_and_check(t, peer_now, [], [])
+
+
 # ------------------------------------------------------- balance
 
 
