@@ -31,7 +31,10 @@ def cairn_cmd(*args: str) -> list[str]:
 
 
 def run_cairn(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cairn_cmd(*args), check=check, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cairn_cmd(*args), capture_output=True, text=True, timeout=120)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"cairn {' '.join(args)} exited {res.returncode}:\n{res.stderr[-2000:]}")
+    return res
 
 
 def http_json(url: str, timeout: float = 2.0):
