@@ -8,9 +8,21 @@ it does not load the machine while the rest of the suite runs.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+from hypothesis import settings
+
+# Property tests: `make test` runs a fixed, reproducible set of examples (derandomized:
+# the same run on every machine, so a red CI is a change's fault, not the dice's), and
+# no per-example deadline (the suite shares two cores with live networks).
+# HYPOTHESIS_PROFILE=explore draws fresh examples each run (ten times as many where a
+# test does not set its own count): run it to hunt for new counterexamples.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True,
+                          max_examples=10 * settings.default.max_examples)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 LIVE = "live_net"
 TARGET = 3
