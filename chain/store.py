@@ -158,9 +158,9 @@ class ChainStore:
     def get_meta(self, key: bytes) -> bytes | None:
         return self.kv.get(META + key)
 
-    def iter_meta(self, prefix: bytes):
-        """(key, value) of every meta entry under prefix, in key order."""
-        for key, value in self.kv.iterate(META + prefix):
+    def iter_meta(self, prefix: bytes, *, reverse: bool = False):
+        """(key, value) of every meta entry under prefix, in key order (or reversed)."""
+        for key, value in self.kv.iterate(META + prefix, reverse=reverse):
             yield key[len(META):], value
 
     def put_meta(self, key: bytes, value: bytes) -> None:

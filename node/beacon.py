@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from pathlib import Path
 
 from aiohttp import web
@@ -23,7 +22,7 @@ from chain.consensus import (
 from chain.constants import MAX_FUTURE_DRIFT_MS, MAX_TIMESTAMP_STEP_MS
 from chain.errors import BadRecordSignature, CodecError, InvalidBlock
 from chain.proofs import ProofAnswer
-from chain.state import Overlay, State, get_chain_info, get_collection, get_peer, get_validators
+from chain.state import Overlay, State, get_chain_info, get_collection, get_height, get_peer, get_validators
 from chain.transition import (
     build_block, get_proposer, get_record_payload, process_proposal, process_record, select_records, verify_commit,
 )
@@ -43,6 +42,8 @@ MAX_VALID_CACHE = 32
 RESEND_EVERY_S = 2.0
 PRUNE_EVERY_BLOCKS = 100
 REPUTATION_POINTS = 500
+# Meta: a peer's reputation at each height a block changed it (explorer chart).
+REPUTATION_META = b"reputation/"
 
 
 class BeaconNode(ChainNode):
@@ -65,7 +66,6 @@ class BeaconNode(ChainNode):
         self._timers: list[asyncio.TimerHandle] = []
         self.validator_seen_ms: dict[bytes, int] = {}
         self._last_resend = 0.0
-        self._rep_history: dict[bytes, deque] = {}
 
     # ------------------------------------------------------------------ consensus app
 
@@ -157,7 +157,6 @@ class BeaconNode(ChainNode):
             self.proofs.remove(proofs)
 
     def on_new_head(self, committed: CommittedBlock) -> None:
-        self._record_reputations()
         self._valid.clear()
         self._sidecars.clear()
         self.proofs.remove([s.record.challenge_id for s in committed.block.body if isinstance(s.record, ProofResult)])
@@ -272,18 +271,27 @@ class BeaconNode(ChainNode):
         return {s.index: self.tracker.get_assigned(info_hash, s.index) for s in coll.shards} if coll else {}
 
     def reputation_history(self, peer: bytes) -> list[dict]:
-        return [{"height": h, "reputation_ppm": r} for h, r in self._rep_history.get(peer, ())]
+        """The last REPUTATION_POINTS changes of a peer's reputation, oldest first."""
+        points = []
+        for key, value in self.store.iter_meta(REPUTATION_META + peer, reverse=True):
+            points.append({"height": int.from_bytes(key[-8:], "big"),
+                           "reputation_ppm": int.from_bytes(value, "big")})
+            if len(points) == REPUTATION_POINTS:
+                break
+        return points[::-1]
 
-    def _record_reputations(self) -> None:
-        """Keep each peer's reputation whenever a block changes it (explorer chart; in
-        memory, from this beacon's start)."""
-        for key, _ in self.state.diff:
+    def block_meta(self, new_state: State) -> dict[bytes, bytes]:
+        """Each peer whose reputation the block changed: its new value, kept with the
+        block so the history survives restarts (and is rebuilt by sync)."""
+        meta = {}
+        height = get_height(new_state).to_bytes(8, "big")
+        for key, _ in new_state.diff:
             if key.startswith(b"peer/"):
-                peer = get_peer(self.state, key[5:])
-                if peer is not None:
-                    hist = self._rep_history.setdefault(key[5:], deque(maxlen=REPUTATION_POINTS))
-                    if not hist or hist[-1][1] != peer.reputation_ppm:
-                        hist.append((self.height, peer.reputation_ppm))
+                peer_id = key[5:]
+                new, old = get_peer(new_state, peer_id), get_peer(self.state, peer_id)
+                if new is not None and (old is None or old.reputation_ppm != new.reputation_ppm):
+                    meta[REPUTATION_META + peer_id + height] = new.reputation_ppm.to_bytes(4, "big")
+        return meta
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -114,6 +114,10 @@ class ChainNode:
     def on_new_head(self, committed: CommittedBlock) -> None:
         """A block was applied (by sync or consensus)."""
 
+    def block_meta(self, new_state: State) -> dict[bytes, bytes]:
+        """Meta to persist in the same batch as the block that leads to new_state."""
+        return {}
+
     def on_gossip(self, peer: bytes | None, inner) -> None:
         """A flooded message was accepted (peer None: from this node)."""
 
@@ -144,6 +148,7 @@ class ChainNode:
             new_state = process_block(self.state, committed.block, committed.commit)
         changed = self.tracker.apply_block(new_state)
         meta = dict(extra_meta or {})
+        meta.update(self.block_meta(new_state))
         for prior in self.tracker.get_priors([a.shard_id for a in changed]):
             meta[TARGETS_META + prior.shard_id] = encode(prior)
         # Synced blocks skip the fsync (durable=False): they can be fetched again, and the

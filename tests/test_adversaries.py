@@ -297,3 +297,21 @@ def test_no_shard_stays_below_target_longer_than_the_repair_bound(run):
     worst = max((blocks for _, _, blocks in mon.below_spans), default=0)
     print(f"worst time below target after convergence: {worst} blocks (bound {REPAIR_BOUND})")
     assert worst <= REPAIR_BOUND, sorted(mon.below_spans, key=lambda s: -s[2])[:5]
+
+
+def test_reputation_history_survives_a_beacon_restart(run):
+    """Last in this file: it restarts beacon3.  The peer page's reputation over time is
+    kept with the blocks, so a restarted beacon shows the same history as one that ran
+    throughout (and both derive it from the chain alone)."""
+    net, mon, _ = run
+    pid = adversary_id(mon, "silent")
+    before = peer_detail(net, pid)["reputation_history"]
+    assert len(before) >= 2 and before[0]["reputation_ppm"] == START_REPUTATION
+    assert before[-1]["reputation_ppm"] < START_REPUTATION, "the silent peer missed proofs"
+    beacon = net.beacons[3]
+    assert beacon.stop() == 0
+    beacon.start()
+    wait_for(lambda: beacon.status()["head_height"] >= mon.head, 60, what="beacon3 back at the head")
+    after = http_json(f"{beacon.api}/api/peers/{pid}", timeout=5.0)["reputation_history"]
+    assert after[:len(before)] == before
+    assert after == peer_detail(net, pid)["reputation_history"][:len(after)]
