@@ -430,6 +430,15 @@ class Tendermint:
         self._decide(commit.round, value, value_hash, commit, out)
         return out
 
+    def on_applied(self, height: int) -> None:
+        """The app applied `height` by other means (sync) while a round may still run at
+        or below it: that round is over. Its timeouts and messages no longer act (a stale
+        timeout would otherwise start a round against the next height's state), and
+        nothing of it is resent. Messages for later heights stay buffered for start()."""
+        if self.started and self.height <= height:
+            self.started = False
+            self._own = []
+
     # ------------------------------------------------------------------ queries
 
     def is_validator(self, public_key: bytes) -> bool:

@@ -157,6 +157,7 @@ class BeaconNode(ChainNode):
             self.proofs.remove(proofs)
 
     def on_new_head(self, committed: CommittedBlock) -> None:
+        self.consensus.on_applied(committed.block.header.height)
         self._valid.clear()
         self._sidecars.clear()
         self.proofs.remove([s.record.challenge_id for s in committed.block.body if isinstance(s.record, ProofResult)])

@@ -450,7 +450,22 @@ def test_catch_up_from_a_commit():
     assert [(a.height, a.round, a.value) for a in out if isinstance(a, Decide)] == [(1, 4, v)]
 
 
-# ---------------------------------------------------------------------------- restarts
+
+def test_a_height_applied_by_sync_ends_its_round():
+    """Seen live: block 1 arrived by sync while round 0 of height 1 ran; its precommit
+    timeout then started round 1 and asked for a proposer of a state already at 1."""
+    core, app = make_core()
+    core.start(1, 0)
+    core.on_timeout(Timeout(TIMEOUT_PROPOSE, 1, 0), 0)
+    core.on_timeout(Timeout(TIMEOUT_PREVOTE, 1, 0), 0)
+    assert core.own_messages()
+    core.on_applied(1)
+    asked = len(app.proposed)
+    assert core.on_timeout(Timeout(TIMEOUT_PRECOMMIT, 1, 0), 0) == []
+    assert core.on_proposal(proposal(2, 1, 1, b"late"), b"late", 0) == []
+    assert core.own_messages() == [] and len(app.proposed) == asked
+    out = core.start(2, 0)                      # the next height starts as usual
+    assert core.height == 2 and core.started and out
 
 def last_record(actions: list) -> SignState:
     return [a.record for a in actions if isinstance(a, Persist)][-1]
