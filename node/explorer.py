@@ -353,9 +353,14 @@ class BeaconExplorer:
         return {"accepted": record_id is not None, "id": compute_record_id(signed).hex()}
 
     def health(self) -> str:
-        if self.node.syncer.is_syncing:
+        node = self.node
+        if node.syncer.is_syncing:
             return "syncing"
-        return "ready"
+        # Cut off from every other beacon, its head may be stale without its knowing:
+        # not ready, so a load balancer sends readers elsewhere.
+        alone = len(get_validators(node.state)) > 1 and not any(
+            p.role == "beacon" for p in node.transport.peers())
+        return "not_ready" if alone else "ready"
 
     def metrics(self) -> list[Metric]:
         epoch = self.node.genesis.params.epoch_blocks

@@ -17,8 +17,11 @@ share (the dead nodes' stores are read directly from LevelDB).
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -232,3 +235,26 @@ def test_observer_syncs_whole_chain_and_follows(story: Story):
     common = assert_no_fork([obs, *b])
     assert common >= target + 3
     assert not logs_mentioning(story, "evidence of a double vote")
+
+
+def test_a_beacon_cut_off_from_every_other_beacon_is_not_ready(tmp_path):
+    """/health is 503 while a beacon has no link to any other beacon (its head may be stale
+    without its knowing), 200 once one is up."""
+    net = Network(tmp_path)
+    net.create(4, {"block_interval_ms": INTERVAL_MS})
+    lone, other = net.beacons[0], net.beacons[1]
+    try:
+        lone.start()
+        assert wait_for(lambda: health(lone), 30, what="beacon0's /health") == (503, "not_ready")
+        other.start()
+        wait_for(lambda: health(lone) == (200, "ready"), 30, what="beacon0 ready once beacon1 is linked")
+    finally:
+        net.stop_all()
+
+
+def health(node) -> tuple[int, str] | None:
+    try:
+        with urllib.request.urlopen(node.api + "/health", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())["status"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["status"]
