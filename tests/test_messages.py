@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 
 import node.messages as messages
 from chain.codec import encode
-from chain.constants import KIND_PROOF, MAX_RECORD_BYTES
-from chain.crypto import SigningKey, verify
+from chain.constants import (
+    KIND_BLOCK, KIND_PRECOMMIT, KIND_PREVOTE, KIND_PROOF, KIND_PROPOSAL, KIND_RECORD, MAX_RECORD_BYTES,
+)
+from chain.crypto import SigningKey, is_valid_signature
 from chain.types import (
     Block,
     BlockHeader,
@@ -284,7 +286,16 @@ def test_proof_signature_payload_is_domain_separated() -> None:
     unsigned = ProofMsg(key.public_key, b"\x07" * 32, b"proof-bytes", b"\x00" * 64)
     signature = key.sign(b"main", KIND_PROOF, unsigned.signing_payload())
     signed = ProofMsg(key.public_key, b"\x07" * 32, b"proof-bytes", signature)
-    verify(key.public_key, signed.signature, b"main", ProofMsg.SIGN_KIND, signed.signing_payload())
+    payload = signed.signing_payload()
+    assert is_valid_signature(key.public_key, signature, b"main", ProofMsg.SIGN_KIND, payload)
+    # The same bytes signed as a proof answer are no record, vote or block of any chain,
+    assert not any(is_valid_signature(key.public_key, signature, b"main", kind, payload)
+                   for kind in (KIND_RECORD, KIND_PREVOTE, KIND_PRECOMMIT, KIND_BLOCK, KIND_PROPOSAL))
+    assert not is_valid_signature(key.public_key, signature, b"other", KIND_PROOF, payload)
+    # and the payload binds the challenge and the proof bytes.
+    for other in (ProofMsg(key.public_key, b"\x08" * 32, b"proof-bytes", signature),
+                  ProofMsg(key.public_key, b"\x07" * 32, b"proof-bytez", signature)):
+        assert not is_valid_signature(key.public_key, signature, b"main", KIND_PROOF, other.signing_payload())
 
 
 @pytest.mark.parametrize("text,ok", [
