@@ -104,6 +104,15 @@ def test_new_peer_takes_a_share_and_extra_copies_are_freed(net):
     rows = wait_for(lambda: (r := shard_rows(net)) and at_exactly_target(r) and r, 120,
                     what="extra copies released back to exactly 3")
     size = sum(r["size"] for r in rows)
+    # ... and a fair one: rebalance brings it to at least half the mean bytes per live peer
+    # (equal capacities; the mean is ~3 shards of up to 1 MiB, and rebalance stops a move
+    # that would put it above its fair share, so a whole shard below the mean can remain).
+    def newcomer_share():
+        rows = shard_rows(net)
+        mine = sum(r["size"] for r in rows if new_id in r["verified_holders"])
+        mean = TARGET * sum(r["size"] for r in rows) / len(live + [newcomer])
+        return mine >= mean / 2 and (mine, mean)
+    print("newcomer bytes vs mean", wait_for(newcomer_share, 60, what="the new peer at a fair share"))
     # bytes on disk across live peers settle at about target copies (released copies freed)
     def settled():
         used = sum(disk_bytes(p.datadir / "data") for p in live + [newcomer])
