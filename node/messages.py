@@ -225,7 +225,14 @@ class ErrorMsg:
 @dataclass(frozen=True, slots=True)
 class ProposalMsg:
     """A consensus proposal with its block (encoded, decoded only once the signature checks)
-    and the storage proofs its ProofResult records rest on (verified before voting)."""
+    and the storage proofs its ProofResult records rest on (verified before voting).
+
+    Only `proposal` is signed. The block is bound to it through the header hash (a
+    receiver checks the bytes: node.beacon.check_proposal_value) and each answer the block
+    rests on through the digest its ProofResult names; the sidecar as a whole is bound to
+    nothing. A relay may strip it or add junk, so a receiver gathers the named answers from
+    every copy and its proof pool, and ignores the rest (docs/protocol.md §8). The
+    proposer's sidecar is exactly the named answers in body order."""
     TAG: ClassVar[int] = 20
     proposal: SignedProposal
     block: Annotated[bytes, MaxLen(MAX_BLOCK_BYTES)]

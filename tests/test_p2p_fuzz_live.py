@@ -33,7 +33,7 @@ from chain.types import PRECOMMIT, PREVOTE, Holding, PeerJoin, Proposal, SignedP
 from node.link import FRAME_HELLO, FRAME_SEALED, Link, LinkConfig
 from node.messages import (
     Blocks, ErrorMsg, GetBlocks, GetPeers, GetProof, GossipEnvelope, Hello, MessageError, PeerEntry, Peers,
-    ProposalMsg, ProofReply, RecordMsg, Status, VoteMsg, decode_message, encode_message,
+    ProofMsg, ProposalMsg, ProofReply, RecordMsg, Status, VoteMsg, decode_message, encode_message,
 )
 from tests.chainutil import TestChain
 from tools.testnet import Network, hash_disagreements, head_height, http_json, wait_for, wait_height
@@ -246,6 +246,8 @@ def _valid_messages(gh: bytes) -> list[bytes]:
     vote = sign_vote(k, CHAIN_ID.encode(), Vote(PREVOTE, 5, 0, bytes(32), k.public_key))
     prop = SignedProposal(Proposal(5, 0, bytes(32), -1, k.public_key), bytes(64))
     rec = sign_record(k, CHAIN_ID.encode(), PeerJoin(k.public_key, "127.0.0.1:1", "127.0.0.1:2", 10, 1))
+    proof = ProofMsg(k.public_key, bytes(32), b"\x92\x00\x90" + bytes(24), bytes(64))
+    garbage = ProofMsg(k.public_key, b"\x01" * 32, b"junk", b"\x02" * 64)
     msgs = [
         Hello(1, CHAIN_ID, gh, 2, 0, bytes(32), "127.0.0.1:9"),
         Status(3, bytes(32)),
@@ -258,7 +260,10 @@ def _valid_messages(gh: bytes) -> list[bytes]:
         ErrorMsg(1, "x"),
         GossipEnvelope(VoteMsg(vote), 3),
         GossipEnvelope(ProposalMsg(prop, b"\x90", ()), 3),
+        GossipEnvelope(ProposalMsg(prop, b"\x90", (proof, garbage)), 3),
         GossipEnvelope(RecordMsg(rec), 3),
+        GossipEnvelope(proof, 3),
+        ProofReply(bytes(32), proof),
     ]
     return [encode_message(m) for m in msgs]
 
@@ -391,13 +396,16 @@ def test_junk_gossip_is_dropped_or_ignored(net, target):
                 except (ConnectionError, aiohttp.ClientError):
                     break
             assert await peer.outcome() == "closed"
-        # A validator's key on votes and a proposal with bad signatures / a junk block.
+        # A validator's key on votes and a proposal with bad signatures / a junk block, the
+        # proposal also with a sidecar of junk answers; junk answers flooded on their own.
         async with handshaken(target) as peer:
             head = head_height(target)
             vk = bytes.fromhex(validator0)
             bad_vote = SignedVote(Vote(PREVOTE, head + 1, 0, bytes(32), vk), bytes(64))
             bad_prop = SignedProposal(Proposal(head + 1, 0, bytes(32), -1, vk), bytes(64))
-            for msg in (VoteMsg(bad_vote), ProposalMsg(bad_prop, b"junk", ())):
+            junk = tuple(ProofMsg(vkey.public_key, bytes([i]) * 32, bytes([i]) * 1000, bytes(64)) for i in range(3))
+            for msg in (VoteMsg(bad_vote), ProposalMsg(bad_prop, b"junk", ()), ProposalMsg(bad_prop, b"junk", junk),
+                        junk[0], ProofMsg(vk, bytes(32), b"\x00", bytes(64))):
                 await peer.send(encode_message(GossipEnvelope(msg, 2)))
             assert await peer.outcome() in ("closed", "ignored")
         # Signed records that can never be valid (a Holding of a collection that does not
