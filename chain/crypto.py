@@ -17,8 +17,14 @@ from chain.errors import SignatureError
 _CHAIN_ID_RE = re.compile(rb"^[a-z0-9][a-z0-9-]*$")
 
 
+# H is hashlib's SHA-256: H(x) = new_sha256(x).digest(). It runs about 750 times per block
+# of 100 records, so the hashing helpers of the state root and body root call the
+# constructor directly rather than through sha256(), one call fewer each.
+new_sha256 = hashlib.sha256
+
+
 def sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
+    return new_sha256(data).digest()
 
 
 def is_valid_chain_id(chain_id: bytes) -> bool:
@@ -27,7 +33,7 @@ def is_valid_chain_id(chain_id: bytes) -> bool:
 
 
 def compute_signing_message(chain_id: bytes, kind: bytes, payload: bytes) -> bytes:
-    return DOMAIN_PREFIX + chain_id + b"/" + kind + b"/" + sha256(payload)
+    return b"".join((DOMAIN_PREFIX, chain_id, b"/", kind, b"/", new_sha256(payload).digest()))
 
 
 class SigningKey:
@@ -57,16 +63,22 @@ def verify(public_key: bytes, signature: bytes, chain_id: bytes, kind: bytes, pa
     """Raise SignatureError unless signature is public_key's over (chain_id, kind, payload)."""
     if len(public_key) != PUBKEY_BYTES or len(signature) != SIGNATURE_BYTES:
         raise SignatureError("malformed key or signature length")
-    message = compute_signing_message(chain_id, kind, payload)
-    try:
-        nacl.bindings.crypto_sign_open(signature + message, public_key)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
-        raise SignatureError(f"bad {kind.decode()} signature by {public_key.hex()[:16]}") from exc
+    if not is_valid_signature(public_key, signature, chain_id, kind, payload):
+        raise SignatureError(f"bad {kind.decode()} signature by {public_key.hex()[:16]}")
 
 
 def is_valid_signature(public_key: bytes, signature: bytes, chain_id: bytes, kind: bytes, payload: bytes) -> bool:
+    """Whether signature is public_key's over (chain_id, kind, payload)."""
+    return is_valid_signed_message(public_key, signature, compute_signing_message(chain_id, kind, payload))
+
+
+def is_valid_signed_message(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """is_valid_signature given its compute_signing_message. Every signature of a block
+    passes here, so it calls libsodium itself rather than through verify."""
+    if len(public_key) != PUBKEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
     try:
-        verify(public_key, signature, chain_id, kind, payload)
-    except SignatureError:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
         return False
     return True

@@ -27,12 +27,12 @@ everything unchanged with the previous one. The new State keeps the encoded chan
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chain.challenges import Challenge
-from chain.codec import Hash32, PubKey, decode, get_encoder
+from chain.codec import Hash32, PubKey, decode, get_encoder, with_fast_init
 from chain.state_root import EMPTY_TREE, StateTree, compute_leaf_hash, update_tree
 from chain.types import Address, Genesis, Name, ValidatorInfo
 from storage.collection import Shard
@@ -44,7 +44,11 @@ SUSPENDED = 2
 EXCLUDED = 3
 LEFT = 4
 
+# Values are built for every record and state change: with_fast_init (chain/codec.py)
+# gives them the same __init__ at about half the cost of a frozen dataclass's own.
 
+
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class ChainInfo:
     height: int
@@ -52,6 +56,7 @@ class ChainInfo:
     randomness: Hash32
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class Peer:
     bt_address: Address
@@ -68,6 +73,7 @@ class Peer:
     seq: int = 0                     # last accepted record seq of this peer as an author
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class Collection:
     publisher: PubKey
@@ -81,6 +87,7 @@ class Collection:
     shards: tuple[Shard, ...]
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class Holder:
     peer: PubKey
@@ -88,22 +95,26 @@ class Holder:
     verified_height: int             # 0: not proven yet
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class ShardHolders:
     holders: tuple[Holder, ...]      # sorted by peer key
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class ShardRef:
     collection: Hash32
     shard: int
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class PeerHoldings:
     shards: tuple[ShardRef, ...]     # sorted: the canonical order challenges draw over
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class OpenChallenge:
     """An open chain.challenges.Challenge, stored under its id (the key) without it."""
@@ -116,11 +127,13 @@ class OpenChallenge:
     attempt: int
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class ChallengeIds:
     ids: tuple[Hash32, ...]          # sorted
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class PendingClaim:
     peer: PubKey
@@ -128,16 +141,19 @@ class PendingClaim:
     shard: int
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class PendingClaims:
     claims: tuple[PendingClaim, ...]  # sorted by (peer, collection, shard)
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class PeerKeys:
     peers: tuple[PubKey, ...]        # sorted
 
 
+@with_fast_init
 @dataclass(frozen=True, slots=True)
 class EvidenceEntry:
     recorded_height: int
@@ -234,7 +250,7 @@ def get_evidence_key(validator: bytes, height: int, round_: int, kind: int) -> b
 
 
 def get_value_type(key: bytes) -> Any:
-    value_type = VALUE_TYPES.get(key.split(b"/", 1)[0])
+    value_type = VALUE_TYPES.get(key.partition(b"/")[0])
     if value_type is None:
         raise KeyError(f"no state namespace for key {key[:24]!r}")
     return value_type
@@ -246,7 +262,7 @@ VALUE_ENCODERS: Mapping[bytes, Callable[[object], bytes]] = {
 
 
 def encode_value(key: bytes, value: object) -> bytes:
-    encoder = VALUE_ENCODERS.get(key.split(b"/", 1)[0])
+    encoder = VALUE_ENCODERS.get(key.partition(b"/")[0])
     if encoder is None:
         raise KeyError(f"no state namespace for key {key[:24]!r}")
     return encoder(value)
@@ -269,13 +285,13 @@ class PersistentMap:
     times in all: deriving a new map never copies the whole state.
     """
 
-    __slots__ = ("_layers",)
+    __slots__ = ("layers",)
 
     def __init__(self, layers: tuple[dict[bytes, Any], ...] = ()) -> None:
-        self._layers = layers
+        self.layers = layers   # newest first; not to be modified
 
     def get(self, key: bytes) -> Any:
-        for layer in self._layers:
+        for layer in self.layers:
             value = layer.get(key, _MISSING)
             if value is not _MISSING:
                 return value
@@ -284,7 +300,7 @@ class PersistentMap:
     def updated(self, changes: Mapping[bytes, Any]) -> "PersistentMap":
         if not changes:
             return self
-        layers = [dict(changes), *self._layers]
+        layers = [dict(changes), *self.layers]
         while len(layers) > 1 and 2 * len(layers[0]) >= len(layers[1]):
             merged = {**layers[1], **layers[0]}
             if len(layers) == 2:
@@ -295,7 +311,7 @@ class PersistentMap:
     def items(self) -> Iterator[tuple[bytes, Any]]:
         """Every live pair in key order (a full pass: for loading and tools, not per block)."""
         merged: dict[bytes, Any] = {}
-        for layer in reversed(self._layers):
+        for layer in reversed(self.layers):
             merged.update(layer)
         for key in sorted(merged):
             if merged[key] is not None:
@@ -327,15 +343,25 @@ class State:
 class Overlay:
     """The writes of one block (or one record) over a view it never modifies."""
 
-    __slots__ = ("base", "writes")
+    __slots__ = ("base", "writes", "layers", "genesis", "chain_id")
 
     def __init__(self, base: "State | Overlay") -> None:
         self.base = base
         self.writes: dict[bytes, Any] = {}
+        # What a read looks through, newest first: these writes, then the base's (an outer
+        # overlay's writes, down to the state's map layers), so that a miss, the most
+        # frequent read of a block, is one loop and not a call per level.
+        self.layers: tuple[dict[bytes, Any], ...] = (
+            self.writes, *(base.entries.layers if isinstance(base, State) else base.layers))
+        self.genesis: Genesis = base.genesis     # constant for the block
+        self.chain_id: bytes = base.chain_id
 
     def get(self, key: bytes) -> Any:
-        value = self.writes.get(key, _MISSING)
-        return self.base.get(key) if value is _MISSING else value
+        for layer in self.layers:
+            value = layer.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+        return None
 
     def put(self, key: bytes, value: object) -> None:
         self.writes[key] = value
@@ -349,34 +375,33 @@ class Overlay:
             raise TypeError("only a nested overlay merges into its base")
         self.base.writes.update(self.writes)
 
-    @property
-    def genesis(self) -> Genesis:
-        return self.base.genesis
-
-    @property
-    def chain_id(self) -> bytes:
-        return self.base.chain_id
-
 
 View = State | Overlay
 
 
 def compute_diff(writes: Mapping[bytes, Any]) -> tuple[tuple[bytes, bytes | None], ...]:
-    return tuple((key, None if writes[key] is None else encode_value(key, writes[key])) for key in sorted(writes))
+    """The writes encoded (None: deleted), sorted by key: what the store writes."""
+    return tuple([(key, None if (value := writes[key]) is None else encode_value(key, value))
+                  for key in sorted(writes)])
+
+
+def compute_leaf_changes(diff: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, bytes | None]:
+    """The state tree's new leaf hashes (None: removed) for the encoded changes."""
+    return {key: None if data is None else compute_leaf_hash(key, data) for key, data in diff}
 
 
 def commit_overlay(overlay: Overlay, head_hash: bytes) -> State:
-    """The state the overlay's writes lead to; the base state is left as it was."""
+    """The state the overlay's writes lead to; the base state is left as it was. Each
+    written value is encoded once: the encoding is both the diff and the leaf's input."""
     base = overlay.base
     if not isinstance(base, State):
         raise TypeError("commit the outermost overlay")
     diff = compute_diff(overlay.writes)
-    leaves = {key: None if data is None else compute_leaf_hash(key, data) for key, data in diff}
     return State(
         genesis=base.genesis,
         head_hash=head_hash,
         entries=base.entries.updated(overlay.writes),
-        tree=update_tree(base.tree, leaves),
+        tree=update_tree(base.tree, compute_leaf_changes(diff)),
         diff=diff,
     )
 

@@ -160,3 +160,37 @@ def test_encoding_refuses_values_outside_the_types():
         encode(chain_types.Vote(1, 1 << 64, 0, b"", b"\x02" * 32))
     with pytest.raises(CodecError):
         encode(chain_types.Vote(1, 7, 0, b"\x01" * 33, b"\x02" * 32))
+
+
+def test_fast_init_builds_the_same_frozen_values():
+    from chain.codec import with_fast_init
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Plain:
+        a: int
+        b: bytes
+        c: int = 7
+
+    @with_fast_init
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Fast:
+        a: int
+        b: bytes
+        c: int = 7
+
+    for args, kwargs in [((1, b"x"), {}), ((1,), {"b": b"y", "c": 2}), ((), {"c": 3, "b": b"", "a": -1})]:
+        plain, fast = Plain(*args, **kwargs), Fast(*args, **kwargs)
+        assert dataclasses.astuple(plain) == dataclasses.astuple(fast)
+        assert fast == Fast(*args, **kwargs) and hash(fast) == hash(Fast(*args, **kwargs))
+    fast = Fast(1, b"x")
+    assert dataclasses.replace(fast, c=9) == Fast(1, b"x", 9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.a = 2
+    for bad_args, bad_kwargs in [((), {}), ((1, b"x", 3, 4), {}), ((1, b"x"), {"d": 1}), ((1,), {"a": 1, "b": b""})]:
+        with pytest.raises(TypeError):
+            Fast(*bad_args, **bad_kwargs)
+    with pytest.raises(TypeError):
+        with_fast_init(Plain.__mro__[1])  # not a dataclass
+    # The state values use it, and decode through it.
+    peer = state_types.Peer("h:1", "h:2", 3, state_types.ACTIVE, 4, 5, 6, b"\x00" * 32, seq=7)
+    assert decode(encode(peer), state_types.Peer) == peer and peer.seq == 7 and peer.proofs_passed == 0

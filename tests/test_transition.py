@@ -260,6 +260,17 @@ def reject(c: TestChain, records, error):
         process_block(c.state, block, c.commit(block))
 
 
+def test_the_first_failing_record_names_the_rule(chain):
+    # process_records checks every signature before the other rules, but the first failure
+    # in body order is still the one raised.
+    forged = SignedRecord(peer_join(BOB, port=6882), chain.sign(ALICE, peer_join(BOB, port=6882)).signature)
+    bad_join = chain.sign(ALICE, dataclasses.replace(peer_join(ALICE), bt_address="no-port"))
+    reject(chain, [bad_join, forged], errors.BadPeerRecord)
+    reject(chain, [forged, bad_join], errors.BadRecordSignature)
+    reject(chain, [chain.sign(ALICE, peer_join(ALICE)), chain.sign(ALICE, peer_join(ALICE)), forged], errors.StaleSeq)
+    reject(chain, [chain.sign(ALICE, peer_join(ALICE)), forged, chain.sign(ALICE, peer_join(ALICE))], errors.BadRecordSignature)
+
+
 def test_record_signed_by_someone_else(chain):
     reject(chain, [SignedRecord(peer_join(ALICE), chain.sign(BOB, peer_join(ALICE)).signature)], errors.BadRecordSignature)
 
@@ -436,6 +447,41 @@ def test_update_leaves_the_old_tree_intact():
     new = update_tree(old, {b"a": None, b"b": b"\x02" * 32})
     assert old.root == root == compute_root({b"a": b"\x01" * 32}) and new.root == compute_root({b"b": b"\x02" * 32})
     assert update_tree(new, {b"b": None}).root == EMPTY_TREE.root
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 5, 8, 9, 33, 100, 129])
+def test_body_root_is_the_zero_padded_tree(count):
+    # compute_body_root hashes only nodes over records; the definition pads with zero leaves.
+    from chain.constants import DOMAIN_BODY_LEAF, DOMAIN_BODY_NODE
+    from chain.crypto import sha256
+    from chain.transition import compute_body_root
+    payloads, signatures = [b"p%d" % i for i in range(count)], [b"s%d" % i for i in range(count)]
+    level = [sha256(DOMAIN_BODY_LEAF + p + s) for p, s in zip(payloads, signatures)]
+    width = 1
+    while width < count:
+        width *= 2
+    level += [bytes(32)] * (width - count)
+    while len(level) > 1:
+        level = [sha256(DOMAIN_BODY_NODE + level[i] + level[i + 1]) for i in range(0, len(level), 2)]
+    assert compute_body_root(payloads, signatures) == sha256(DOMAIN_BODY_NODE + count.to_bytes(4, "big") + level[0])
+
+
+def test_update_of_crowded_buckets_and_unchanged_leaves():
+    # Thousands of keys: buckets of several keys, batches that touch one bucket many times.
+    keys = [b"k%d" % i for i in range(6000)]
+    final = {k: bytes([i % 251]) * 32 for i, k in enumerate(keys)}
+    tree = update_tree(EMPTY_TREE, final)
+    assert tree.root == compute_root(final)
+    changes = {k: (None if i % 3 == 0 else b"\x07" * 32) for i, k in enumerate(keys[:2000])}
+    tree = update_tree(tree, changes)
+    for k, v in changes.items():
+        if v is None:
+            del final[k]
+        else:
+            final[k] = v
+    assert tree.root == compute_root(final)
+    # Rewriting a leaf with itself, or removing a key that is absent, changes nothing.
+    assert update_tree(tree, {keys[1]: final[keys[1]], b"absent": None}) is tree
 
 
 def test_state_root_changes_with_any_value():
