@@ -27,7 +27,7 @@ from storage.errors import StorageError
 from storage.kv import KV, BatchOps, LevelDBKV
 
 __all__ = [
-    "CheckResult", "IndexCorrupt", "LocalIndexError", "IndexStateError", "LocalIndex",
+    "CheckResult", "check_shard", "IndexCorrupt", "LocalIndexError", "IndexStateError", "LocalIndex",
     "ShardRecord", "ShardState",
 ]
 
@@ -140,6 +140,28 @@ def sample_pieces(record: ShardRecord, count: int, seed: bytes) -> tuple[int, ..
     return tuple(sorted(picked))
 
 
+def check_shard(record: ShardRecord, read_piece: Callable[[int], bytes], expected: Callable[[int], bytes],
+                *, samples: int = 4, seed: bytes = b"",
+                digest: Callable[[bytes], bytes] | None = None) -> CheckResult:
+    """The verdict of `LocalIndex.self_check` without writing it: reads files only, so a
+    caller may run it off its event loop and apply the verdict (mark_lost) afterwards."""
+    digest = digest or (lambda b: hashlib.sha256(b).digest())
+    for rel in record.files:
+        if not (Path(record.save_path) / rel).is_file():
+            return CheckResult(False, (), f"file missing: {rel}")
+    checked: list[int] = []
+    for p in sample_pieces(record, samples, seed):
+        try:
+            data = read_piece(p)
+        except (OSError, StorageError) as exc:
+            # The data is unreadable: for the network that is the same as gone.
+            return CheckResult(False, tuple(checked), f"piece {p} unreadable: {exc}")
+        checked.append(p)
+        if digest(data) != expected(p):
+            return CheckResult(False, tuple(checked), f"piece {p} does not match its hash")
+    return CheckResult(True, tuple(checked))
+
+
 class LocalIndex:
     """Shards held by this peer, in a KV store."""
 
@@ -241,28 +263,12 @@ class LocalIndex:
         rec = self._require(info_hash, shard)
         if rec.state is not ShardState.HELD:
             raise IndexStateError(f"shard ({info_hash}, {shard}) is {rec.state.value}, not held")
-        digest = digest or (lambda b: hashlib.sha256(b).digest())
-        for rel in rec.files:
-            path = Path(rec.save_path) / rel
-            if not path.is_file():
-                return self._lost(rec, f"file missing: {rel}", (), now)
-        checked: list[int] = []
-        for p in sample_pieces(rec, samples, seed):
-            try:
-                data = read_piece(p)
-            except (OSError, StorageError) as exc:
-                # The data is unreadable: for the network that is the same as gone.
-                return self._lost(rec, f"piece {p} unreadable: {exc}", tuple(checked), now)
-            checked.append(p)
-            if digest(data) != expected(p):
-                return self._lost(rec, f"piece {p} does not match its hash", tuple(checked), now)
-        return CheckResult(True, tuple(checked))
+        result = check_shard(rec, read_piece, expected, samples=samples, seed=seed, digest=digest)
+        if not result.ok:
+            self._move(rec.info_hash, rec.shard, ShardState.LOST, now, reason=result.reason)
+        return result
 
     # ------------------------------------------------ internals
-
-    def _lost(self, rec: ShardRecord, reason: str, checked: tuple[int, ...], now: int) -> CheckResult:
-        self._move(rec.info_hash, rec.shard, ShardState.LOST, now, reason=reason)
-        return CheckResult(False, checked, reason)
 
     def _require(self, info_hash: str, shard: int) -> ShardRecord:
         rec = self.get(info_hash, shard)

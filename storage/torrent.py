@@ -101,14 +101,24 @@ class TorrentFailed:
     """libtorrent stopped the torrent on an error (it is paused until cleared)."""
     info_hash: str
     message: str
+    os_errno: int = 0  # the OS error number when the cause was a system error, else 0
+
+    @property
+    def disk_full(self) -> bool:
+        return self.os_errno in _DISK_FULL_ERRNOS
 
 
 @dataclass(frozen=True, slots=True)
 class FileFailed:
-    """Reading or writing one of the torrent's files failed."""
+    """Reading or writing one of the torrent's files failed (`path` is absolute)."""
     info_hash: str
     path: str
     message: str
+    os_errno: int = 0  # the OS error number (errno.ENOSPC on a full disk), 0 if not a system error
+
+    @property
+    def disk_full(self) -> bool:
+        return self.os_errno in _DISK_FULL_ERRNOS
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +165,14 @@ class StatsUpdate:
     total_download: int
     total_upload: int
     num_peers: int
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _os_errno(ec: object) -> int:
+    """The errno of a libtorrent error_code, or 0 if it is not an OS (system/generic) error."""
+    return int(ec.value()) if ec.category().name() in ("system", "generic") else 0
 
 
 Event = (PieceFinished | HashFailed | ShardComplete | TorrentFinished | TorrentFailed
@@ -340,6 +358,7 @@ class TorrentSession:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pipe: tuple[int, int] | None = None
         self._closed = False
+        self._retired_download = 0   # payload bytes of torrent handles since removed
         self._ses = lt.session(session_settings(listen_host, listen_port))
         self.port = self._await_listen(listen_host)
         self._load_resume_files()
@@ -416,11 +435,35 @@ class TorrentSession:
                    f"priority-lost={lost[:8]}")
         if t.prios:
             t.handle.prioritize_pieces(t.prios)
+        t.handle.unset_flags(lt.torrent_flags.upload_mode)
         t.handle.pause()
         t.handle.resume()
         for host, port in peers:
             t.handle.connect_peer((host, int(port)))
         return picture
+
+    def error(self, info_hash: str) -> str | None:
+        """Why libtorrent stopped the torrent (a TorrentFailed) or stopped its downloads
+        (upload mode, after a write failed), or None if it runs."""
+        st = self._get(info_hash).handle.status()
+        if st.errc.value():
+            return st.errc.message()
+        if st.flags & lt.torrent_flags.upload_mode:
+            return "downloads stopped after a write failed (upload mode)"
+        return None
+
+    def clear_error(self, info_hash: str) -> None:
+        """Let a torrent stopped on an error run again (it serves and fetches once more)."""
+        t = self._get(info_hash)
+        t.handle.clear_error()
+        t.handle.unset_flags(lt.torrent_flags.upload_mode)
+        t.handle.resume()
+
+    def downloaded_bytes(self) -> int:
+        """Payload bytes downloaded by this session since it started, over all torrents
+        (also those removed or re-added since, e.g. by drop_pieces)."""
+        return self._retired_download + sum(t.handle.status().total_payload_download
+                                            for t in self._torrents.values())
 
     def has_pieces(self, info_hash: str, pieces: Iterable[int]) -> bool:
         """True only if every piece is held and passed libtorrent's hash check."""
@@ -535,20 +578,24 @@ class TorrentSession:
         new = self._torrents[key]
         new.watches = {ws: rem for ws, rem in watches.items() if not (ws & drop)}
 
-    def save_resume_data(self, timeout: float = 30.0) -> int:
-        """Write every torrent's resume file into state_dir atomically; returns how many."""
+    def save_resume_data(self, timeout: float = 30.0, only: Iterable[str] | None = None) -> int:
+        """Write every torrent's resume file (or only those of `only`) into state_dir
+        atomically; returns how many."""
+        keys = list(self._torrents) if only is None else list(dict.fromkeys(only))
+        for key in keys:
+            self._get(key)   # UnknownTorrent before anything is written
         # Flush first (a fence behind every write), so no resume file claims a piece whose
         # bytes are not yet in its file.
-        fences = {key: self._request_flush(t) for key, t in self._torrents.items()}
+        fences = {key: self._request_flush(self._torrents[key]) for key in keys}
         for key, seq in fences.items():
             t = self._torrents[key]
             if not self.wait_until(lambda t=t, seq=seq: t.flush_done >= seq, timeout):
                 raise SessionError(f"disk flush of {key} not done within {timeout} s")
-        for key in list(self._torrents):
+        for key in keys:
             self._request_resume(key)
-        for key in list(self._torrents):
+        for key in keys:
             _atomic_write(self._resume_path(key), self._await_resume(key, timeout))
-        return len(self._torrents)
+        return len(keys)
 
     def poll(self, timeout: float = 0.0) -> list[Event]:
         """Process pending alerts (waiting up to `timeout` for one); return buffered events."""
@@ -677,6 +724,8 @@ class TorrentSession:
             if Path(t.save_path) != save_path:
                 raise SessionError(f"torrent {key} is already held under {t.save_path}")
             self._await_loaded(t, 30.0)
+            if want and t.handle.flags() & lt.torrent_flags.upload_mode:
+                t.handle.unset_flags(lt.torrent_flags.upload_mode)   # a new ask: download again (see _add)
             prios = list(t.prios) or list(t.handle.get_piece_priorities())
             if any(prios[p] == 0 for p in want):
                 for p in want:
@@ -729,6 +778,11 @@ class TorrentSession:
         atp.flags &= ~lt.torrent_flags.auto_managed
         atp.flags &= ~lt.torrent_flags.paused
         atp.flags &= ~lt.torrent_flags.seed_mode
+        # libtorrent puts a torrent in upload mode (serve, never download) when a write
+        # fails on a full disk, and resume data keeps the flag: re-added with it, a torrent
+        # would stall every later fetch for good, with no error. A disk error reaches the
+        # caller as a FileFailed event instead, and the caller decides when to retry.
+        atp.flags &= ~lt.torrent_flags.upload_mode
         atp.flags |= lt.torrent_flags.duplicate_is_error
         try:
             handle = self._ses.add_torrent(atp)
@@ -755,6 +809,7 @@ class TorrentSession:
 
     def _remove(self, key: str, timeout: float) -> None:
         t = self._torrents.pop(key)
+        self._retired_download += t.handle.status().total_payload_download
         self._removed.discard(key)
         self._ses.remove_torrent(t.handle)
         if not self.wait_until(lambda: key in self._removed, timeout):
@@ -859,9 +914,9 @@ class TorrentSession:
             self._removed.add(key)
             self._emit(TorrentRemoved(key))
         elif isinstance(a, lt.torrent_error_alert):
-            self._emit(TorrentFailed(key, a.message()))
+            self._emit(TorrentFailed(key, a.message(), _os_errno(a.error)))
         elif isinstance(a, lt.file_error_alert):
-            self._emit(FileFailed(key, a.filename(), a.message()))
+            self._emit(FileFailed(key, a.filename(), a.message(), _os_errno(a.error)))
         elif isinstance(a, lt.fastresume_rejected_alert):
             self._emit(ResumeRejected(key, a.message()))
         elif isinstance(a, lt.state_changed_alert):

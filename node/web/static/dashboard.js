@@ -77,7 +77,7 @@ function renderShards(st) {
   const rows = shards.map((s) => h("tr", { "data-testid": "shard-row", "data-state": s.state },
     h("td", {}, h("strong", {}, s.name || shortHex(s.collection)), h("span", { class: "muted mono small" }, ` ${shortHex(s.collection, 6)}`)),
     h("td", { class: "num" }, String(s.shard)),
-    h("td", {}, badge(s.state)),
+    h("td", { title: s.error || null }, badge(s.state === "failed" && s.error_cause ? `failed: ${s.error_cause}` : s.state, s.state)),
     h("td", { class: "num" }, fmtBytes(s.bytes)),
     h("td", {}, h("div", { class: "progress-cell" },
       bar(s.progress, { cls: s.progress >= 1 ? "ok" : "", label: fmtPercent(s.progress) }),
