@@ -15,7 +15,7 @@ from chain.codec import Hash32, MaxLen, PubKey, decode, encode
 from chain.constants import KIND_PRECOMMIT, KIND_PREVOTE
 from chain.crypto import is_valid_signature, sha256
 from chain.errors import ChainError
-from chain.types import PREVOTE, Evidence
+from chain.types import PREVOTE, Commit, Evidence
 
 GENESIS_HASH = sha256(b"cairn-sim/genesis")
 MAX_EVIDENCE_PER_VALUE = 16
@@ -102,7 +102,8 @@ class SimApp:
         self.proposed.append((height, round_, value_hash))
         return value, value_hash
 
-    def apply(self, height: int, value: bytes, value_hash: bytes) -> None:
+    def apply(self, height: int, value: bytes, value_hash: bytes, commit: Commit | None = None) -> None:
+        """Decide `value` at `height` (the commit is ignored: SimApp trusts consensus)."""
         if height != self.height + 1:
             raise ValueError(f"apply height {height} after {self.height}")
         sv = decode(value, SimValue)
@@ -118,3 +119,24 @@ class SimApp:
         key = evidence_key(ev)
         if key not in self.decided_evidence:
             self.pool.setdefault(key, ev)
+
+    # ----- what the simulation checks
+
+    def randomness_at(self, height: int) -> bytes:
+        """The randomness after `height`, replayed from the decided values."""
+        app = SimApp(self.chain_id, self.validators, self.me)
+        for h in range(1, height + 1):
+            value_hash, value = self.decided[h - 1]
+            app.apply(h, value, value_hash)
+        return app.randomness
+
+    def state_root_at(self, height: int) -> bytes:
+        """SimApp's whole state is the chain of decided values: the value hash stands for it."""
+        return self.decided[height - 1][0] if height else GENESIS_HASH
+
+    def is_well_formed(self, height: int, value: bytes, value_hash: bytes) -> bool:
+        try:
+            sv = decode(value, SimValue)
+        except ChainError:
+            return False
+        return sv.height == height and sv.proposer in self.validators and sha256(value) == value_hash

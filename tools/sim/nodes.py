@@ -21,6 +21,7 @@ from chain.types import PREVOTE, Commit, Evidence, SignedProposal, SignedVote
 from tools.sim.app import SimApp, is_valid_evidence
 
 if TYPE_CHECKING:
+    from tools.sim.chainapp import ChainApp
     from tools.sim.runner import Simulation
 
 SYNC_BATCH = 8
@@ -76,11 +77,11 @@ class Node:
     honest = True
 
     def __init__(self, sim: "Simulation", idx: int, key: SigningKey | None,
-                 last_signed: SignState | None = None, app: SimApp | None = None) -> None:
+                 last_signed: SignState | None = None, app: "SimApp | ChainApp | None" = None) -> None:
         self.sim = sim
         self.idx = idx
         self.key = key
-        self.app = app if app is not None else SimApp(sim.chain_id, sim.validators, key.public_key if key else None)
+        self.app = app if app is not None else sim.new_app(key.public_key if key else None)
         self.core = Tendermint(sim.chain_id, sim.validators, self.app, sim.config.consensus, key, last_signed)
         self.persisted: list[SignState] = [last_signed] if last_signed is not None else []
         self.decisions: dict[int, Decide] = {}
@@ -141,7 +142,7 @@ class Node:
 
     def _on_decide(self, decide: Decide, now_ms: int) -> None:
         self.decisions[decide.height] = decide
-        self.app.apply(decide.height, decide.value, decide.value_hash)
+        self.app.apply(decide.height, decide.value, decide.value_hash, decide.commit)
         self.sim.note_decide(self, decide, now_ms)
         next_height = decide.height + 1
         self.sim.queue.at(now_ms + self.sim.config.block_interval_ms, lambda t: self._start(next_height, t))

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from chain.codec import decode
 from chain.consensus import Broadcast, ConsensusConfig, Decide
 from chain.crypto import SigningKey, sha256
 from chain.types import Evidence
-from tools.sim.app import SimApp, SimValue, evidence_key
+from tools.sim.app import SimApp, evidence_key
+from tools.sim.chainapp import ChainApp, ChainSetup, make_chain_setup
 from tools.sim.network import EventQueue, NetConfig, SimNetwork
 from tools.sim.nodes import Node, SimInvariantError, signed_slot
 
@@ -37,6 +37,7 @@ class SimConfig:
     byzantine: tuple[tuple[int, type], ...] = ()   # (validator index, Node subclass)
     observers: int = 0                # non-voting nodes, indices n .. n+observers-1
     chain_id: bytes = b"sim"
+    app: str = "sim"                  # "sim": SimApp (fast stand-in); "chain": ChainApp (real blocks)
 
 
 @lru_cache(maxsize=64)
@@ -59,6 +60,10 @@ class Simulation:
         self.queue = EventQueue()
         self.network = SimNetwork(config.net, self.rng, self.queue, self._deliver)
         self.validators = tuple(sim_key(i).public_key for i in range(config.n))
+        if config.app not in ("sim", "chain"):
+            raise ValueError(f"unknown sim app {config.app!r}")
+        self.chain_setup: ChainSetup | None = (
+            make_chain_setup(config.chain_id, [sim_key(i) for i in range(config.n)]) if config.app == "chain" else None)
         kinds = dict(config.byzantine)
         self.nodes: list[Node] = []
         for i in range(config.n + config.observers):
@@ -73,6 +78,12 @@ class Simulation:
         self.persisted: dict[int, list] = {}                            # node -> records, across restarts
         for node in self.nodes:
             node.boot(0)
+
+    def new_app(self, me: bytes | None) -> SimApp | ChainApp:
+        """A fresh app at genesis for the node with public key `me` (None: an observer)."""
+        if self.chain_setup is not None:
+            return ChainApp(self.chain_setup, me, lambda: self.queue.now_ms)
+        return SimApp(self.chain_id, self.validators, me)
 
     # ----- running
 
@@ -109,10 +120,10 @@ class Simulation:
         """Bring a crashed node back from what it persisted: its decisions and last SignState."""
         old = self.nodes[idx]
         old.alive = False
-        app = SimApp(self.chain_id, self.validators, old.app.me)
+        app = self.new_app(old.key.public_key if old.key is not None else None)
         for h in sorted(old.decisions):
             d = old.decisions[h]
-            app.apply(h, d.value, d.value_hash)
+            app.apply(h, d.value, d.value_hash, d.commit)
         last = old.persisted[-1] if old.persisted else None
         node = type(old)(self, idx, old.key, last_signed=last, app=app)
         node.decisions = dict(old.decisions)
@@ -156,7 +167,7 @@ class Simulation:
         return {n.idx: n.decisions[height].value_hash for n in self.honest() if height in n.decisions}
 
     def check_safety(self) -> None:
-        """Agreement, validity, identical randomness, no honest double signature."""
+        """Agreement, validity, identical randomness and state roots, no honest double signature."""
         if self.double_signs:
             raise SimInvariantError(f"honest double signatures: {self.double_signs}")
         top = max((max(n.decisions, default=0) for n in self.honest()), default=0)
@@ -169,25 +180,19 @@ class Simulation:
                     raise SimInvariantError(f"height {h} decided a value nobody proposed")
         for n in self.honest():
             for h, d in n.decisions.items():
-                sv = decode(d.value, SimValue)
-                if sv.height != h or sv.proposer not in self.validators or sha256(d.value) != d.value_hash:
+                if not n.app.is_well_formed(h, d.value, d.value_hash):
                     raise SimInvariantError(f"node {n.idx} decided an invalid value at {h}")
                 if len(d.commit.signatures) < n.core.q:
                     raise SimInvariantError(f"node {n.idx} decided height {h} without a quorum")
         by_depth = sorted({n.app.height for n in self.honest()})
         if by_depth:
             shortest = by_depth[0]
-            seen = {self._randomness_at(n, shortest) for n in self.honest()}
+            seen = {n.app.randomness_at(shortest) for n in self.honest()}
             if len(seen) > 1:
                 raise SimInvariantError(f"randomness diverged by height {shortest}")
-
-    @staticmethod
-    def _randomness_at(node: Node, height: int) -> bytes:
-        app = SimApp(node.app.chain_id, node.app.validators, node.app.me)
-        for h in range(1, height + 1):
-            value_hash, value = node.app.decided[h - 1]
-            app.apply(h, value, value_hash)
-        return app.randomness
+            for h in range(shortest + 1):
+                if len({n.app.state_root_at(h) for n in self.honest()}) > 1:
+                    raise SimInvariantError(f"state roots diverged at height {h}")
 
     def decided_evidence(self) -> dict[tuple, Evidence]:
         """Evidence in the values decided by the (longest) honest chain."""
