@@ -51,16 +51,34 @@ def is_valid_evidence(chain_id: bytes, validators: tuple[bytes, ...], ev: Eviden
                for sv in (ev.vote_a, ev.vote_b))
 
 
-class SimApp:
+class EvidenceBook:
+    """Double votes seen (pool) and those already on chain, one per offence: what both sim
+    apps keep so each offence is proposed until it is decided, and never twice."""
+
+    def __init__(self) -> None:
+        self.pool: dict[EvidenceKey, Evidence] = {}
+        self.decided_evidence: dict[EvidenceKey, Evidence] = {}
+
+    def add_evidence(self, ev: Evidence) -> None:
+        key = evidence_key(ev)
+        if key not in self.decided_evidence:
+            self.pool.setdefault(key, ev)
+
+    def note_decided_evidence(self, ev: Evidence) -> None:
+        key = evidence_key(ev)
+        self.decided_evidence[key] = ev
+        self.pool.pop(key, None)
+
+
+class SimApp(EvidenceBook):
     def __init__(self, chain_id: bytes, validators: tuple[bytes, ...], me: bytes | None) -> None:
         self.chain_id = chain_id
         self.validators = validators
         self.me = me if me is not None else validators[0]
         self.parent = GENESIS_HASH
         self.randomness = sha256(b"cairn-sim/randomness" + GENESIS_HASH)
+        super().__init__()
         self.decided: list[tuple[bytes, bytes]] = []           # (value hash, value) from height 1
-        self.pool: dict[EvidenceKey, Evidence] = {}
-        self.decided_evidence: dict[EvidenceKey, Evidence] = {}
         self.proposed: list[tuple[int, int, bytes]] = []       # (height, round, hash) we built
 
     @property
@@ -111,14 +129,7 @@ class SimApp:
         self.parent = value_hash
         self.randomness = sha256(b"cairn-sim/randomness" + self.randomness + value_hash)
         for ev in sv.evidence:
-            key = evidence_key(ev)
-            self.decided_evidence[key] = ev
-            self.pool.pop(key, None)
-
-    def add_evidence(self, ev: Evidence) -> None:
-        key = evidence_key(ev)
-        if key not in self.decided_evidence:
-            self.pool.setdefault(key, ev)
+            self.note_decided_evidence(ev)
 
     # ----- what the simulation checks
 

@@ -32,7 +32,7 @@ from chain.genesis import get_genesis_state, get_max_faulty, make_genesis
 from chain.state import State, get_chain_info, get_height
 from chain.transition import build_block, get_proposer, process_block, process_proposal, select_records
 from chain.types import Block, Commit, CommittedBlock, Evidence, Genesis, Params, SignedRecord, ValidatorInfo
-from tools.sim.app import EvidenceKey, evidence_key
+from tools.sim.app import EvidenceBook, evidence_key
 
 SIM_GENESIS_TIME_MS = 1_700_000_000_000
 
@@ -72,10 +72,11 @@ def evidence_record(ev: Evidence) -> SignedRecord:
     return SignedRecord(ev, b"")
 
 
-class ChainApp:
+class ChainApp(EvidenceBook):
     """One node's chain: head state, decided blocks, and its pool of evidence records."""
 
     def __init__(self, setup: ChainSetup, me: bytes | None, clock_ms: Callable[[], int]) -> None:
+        super().__init__()
         self.setup = setup
         self.genesis = setup.genesis
         self.chain_id = setup.chain_id
@@ -88,8 +89,6 @@ class ChainApp:
         self.blocks: list[CommittedBlock] = []
         self.randomness_history: list[bytes] = [get_chain_info(self.state).randomness]   # by height
         self.states: list[State] = [self.state]                 # by height (persistent: shared structure)
-        self.pool: dict[EvidenceKey, Evidence] = {}
-        self.decided_evidence: dict[EvidenceKey, Evidence] = {}
         self.proposed: list[tuple[int, int, bytes]] = []        # (height, round, hash) we built
 
     @property
@@ -173,14 +172,7 @@ class ChainApp:
         self.states.append(self.state)
         for signed in block.body:
             if isinstance(signed.record, Evidence):
-                key = evidence_key(signed.record)
-                self.decided_evidence[key] = signed.record
-                self.pool.pop(key, None)
-
-    def add_evidence(self, ev: Evidence) -> None:
-        key = evidence_key(ev)
-        if key not in self.decided_evidence:
-            self.pool.setdefault(key, ev)
+                self.note_decided_evidence(signed.record)
 
     # ----- what the simulation checks
 
