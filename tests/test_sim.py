@@ -11,10 +11,11 @@ import random
 
 import pytest
 
-from chain.consensus import max_faulty
 from chain.types import PRECOMMIT, PREVOTE
 from tools.sim.app import SimApp
-from tools.sim.byzantine import DoubleVoter, EquivocatingProposer, LockBreaker, StaleReplayer, Withholding
+from tools.sim.byzantine import (
+    DoubleVoter, EquivocatingProposer, LockBreaker, StaleReplayer, Withholding, byzantine_slots,
+)
 from tools.sim.network import NetConfig, Partition
 from tools.sim.runner import SimConfig, Simulation, sim_key
 
@@ -22,12 +23,6 @@ HEIGHTS = 5
 DEADLINE_MS = 120_000
 LOSSY = NetConfig(min_delay_ms=2, max_delay_ms=60, drop_prob=0.05, reorder_prob=0.2, reorder_extra_ms=200)
 SEEDS = {4: range(25), 7: range(20)}
-
-
-def byzantine_slots(n: int, seed: int, behaviours: list[type]) -> tuple[tuple[int, type], ...]:
-    """f byzantine validators at seeded positions, cycling through the given behaviours."""
-    slots = random.Random(seed * 7919 + n).sample(range(n), max_faulty(n))
-    return tuple((i, behaviours[k % len(behaviours)]) for k, i in enumerate(slots))
 
 
 def run(config: SimConfig, height: int = HEIGHTS, deadline_ms: int = DEADLINE_MS) -> Simulation:

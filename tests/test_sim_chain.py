@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 
 from chain.codec import decode, encode
-from chain.consensus import max_faulty
 from chain.constants import KIND_PRECOMMIT, KIND_PREVOTE, MAX_TIMESTAMP_STEP_MS
 from chain.crypto import is_valid_signature
 from chain.genesis import get_genesis_state
@@ -20,7 +19,7 @@ from chain.state import get_chain_info, get_height
 from chain.transition import get_proposer, process_block, process_proposal
 from chain.types import PREVOTE, Block, Evidence
 from tools.sim.app import evidence_key
-from tools.sim.byzantine import DoubleVoter, EquivocatingProposer, StaleReplayer, Withholding
+from tools.sim.byzantine import DoubleVoter, EquivocatingProposer, StaleReplayer, Withholding, byzantine_slots
 from tools.sim.chainapp import ChainApp
 from tools.sim.network import NetConfig, Partition
 from tools.sim.runner import SimConfig, Simulation
@@ -30,11 +29,6 @@ DEADLINE_MS = 120_000
 LOSSY = NetConfig(min_delay_ms=2, max_delay_ms=60, drop_prob=0.05, reorder_prob=0.2, reorder_extra_ms=200)
 SEEDS = {4: range(6), 7: range(5)}
 NS = (4, 7)
-
-
-def byzantine_slots(n: int, seed: int, behaviours: list[type]) -> tuple[tuple[int, type], ...]:
-    slots = random.Random(seed * 7919 + n).sample(range(n), max_faulty(n))
-    return tuple((i, behaviours[k % len(behaviours)]) for k, i in enumerate(slots))
 
 
 def run(config: SimConfig, height: int = HEIGHTS, deadline_ms: int = DEADLINE_MS) -> Simulation:

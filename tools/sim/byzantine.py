@@ -6,11 +6,12 @@ tell is attributable, and double votes become evidence.
 """
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from chain.codec import encode
 from chain.constants import KIND_PRECOMMIT, KIND_PREVOTE, KIND_PROPOSAL
-from chain.consensus import Broadcast
+from chain.consensus import Broadcast, max_faulty
 from chain.crypto import sha256
 from chain.types import NIL, PRECOMMIT, PREVOTE, Proposal, SignedProposal, SignedVote, Vote
 from tools.sim.nodes import Node, SyncRequest
@@ -150,3 +151,9 @@ class LockBreaker(EquivocatingProposer):
         lie = Vote(v.kind, v.height, v.round, block_hash, v.validator)
         domain = KIND_PREVOTE if v.kind == PREVOTE else KIND_PRECOMMIT
         return Broadcast(SignedVote(lie, self.key.sign(self.sim.chain_id, domain, encode(lie))))
+
+
+def byzantine_slots(n: int, seed: int, behaviours: list[type]) -> tuple[tuple[int, type], ...]:
+    """f byzantine validators at seeded positions, cycling through the given behaviours."""
+    slots = random.Random(seed * 7919 + n).sample(range(n), max_faulty(n))
+    return tuple((i, behaviours[k % len(behaviours)]) for k, i in enumerate(slots))
