@@ -96,12 +96,9 @@ class TorrentFinished:
     info_hash: str
 
 
-@dataclass(frozen=True, slots=True)
-class TorrentFailed:
-    """libtorrent stopped the torrent on an error (it is paused until cleared)."""
-    info_hash: str
-    message: str
-    os_errno: int = 0  # the OS error number when the cause was a system error, else 0
+class _OsError:
+    """For error events that carry `os_errno` (0 when the cause was not a system error)."""
+    __slots__ = ()
 
     @property
     def disk_full(self) -> bool:
@@ -109,16 +106,20 @@ class TorrentFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class FileFailed:
+class TorrentFailed(_OsError):
+    """libtorrent stopped the torrent on an error (it is paused until cleared)."""
+    info_hash: str
+    message: str
+    os_errno: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileFailed(_OsError):
     """Reading or writing one of the torrent's files failed (`path` is absolute)."""
     info_hash: str
     path: str
     message: str
-    os_errno: int = 0  # the OS error number (errno.ENOSPC on a full disk), 0 if not a system error
-
-    @property
-    def disk_full(self) -> bool:
-        return self.os_errno in _DISK_FULL_ERRNOS
+    os_errno: int = 0  # errno.ENOSPC on a full disk
 
 
 @dataclass(frozen=True, slots=True)
